@@ -1,0 +1,77 @@
+"""The `mingpt` command: `mingpt <job> [--section.key=value ...]`. It only parses and dispatches.
+
+Each job is a module with get_config() -> CfgNode and main(config); `mingpt <job> --help` lists
+every key with its default. A user's mistake ends in one line on stderr and exit status 1
+(`--debug` shows the traceback instead).
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+from mingpt.utils import CfgNode, ConfigError
+
+JOBS = {
+    "adder": ("mingpt.projects.adder", "a GPT learns n-digit addition"),
+    "chargpt": ("mingpt.projects.chargpt", "a character-level language model on any text"),
+    "sample": ("mingpt.sample", "sample text from a trained run"),
+}
+
+# errors a user can cause (a bad value, a missing file, no network): shown as one line
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
+
+
+def usage() -> str:
+    lines = ["usage: mingpt <job> [--section.key=value ...] [--help] [--debug]", "", "jobs:"]
+    lines += [f"  {name:10s} {about}" for name, (_, about) in JOBS.items()]
+    return "\n".join(lines)
+
+
+def config_help(job: str, config: CfgNode) -> str:
+    lines = [f"usage: mingpt {job} [--section.key=value ...]", "", "keys and their defaults:"]
+    for key in config.keys_flat():
+        value = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        lines.append(f"  --{key}={value!r}")
+    return "\n".join(lines)
+
+
+def run_job(job: str, args: list[str]) -> int:
+    """Run one job with command-line overrides; returns the exit status."""
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    module = importlib.import_module(JOBS[job][0])
+    config = module.get_config()
+    if "--help" in args or "-h" in args:
+        print(config_help(job, config))
+        return 0
+    try:
+        config.merge_from_args(args)
+        module.main(config)
+    except KeyboardInterrupt:
+        print(f"mingpt {job}: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        if debug:
+            raise
+        kind = "config error" if isinstance(e, ConfigError) else "error"
+        print(f"mingpt {job}: {kind}: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ConfigError) else 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    job, args = argv[0], argv[1:]
+    if job not in JOBS:
+        print(f"mingpt: unknown job {job!r}; choose one of: {', '.join(JOBS)}", file=sys.stderr)
+        return 2
+    return run_job(job, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

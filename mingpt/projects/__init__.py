@@ -1,0 +1,1 @@
+"""Runnable projects built only on the public API: `mingpt adder`, `mingpt chargpt`."""

@@ -1,0 +1,86 @@
+"""A character-level language model on any text: each character is one token.
+
+    mingpt chargpt                                   # the built-in corpus (pydoc's topics), offline
+    mingpt chargpt --data.input=shakespeare          # Tiny Shakespeare, downloaded once
+    mingpt chargpt --data.input=notes.txt --model.n_layer=6
+
+The text is split 90/10 into training and validation streams; the run folder keeps the best
+checkpoint by validation loss and the character vocabulary (tokenizer.json), and the run ends by
+sampling from the model.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from mingpt.data import CharTokenizer, TokenStream, load_corpus
+from mingpt.model import GPT
+from mingpt.trainer import Trainer
+from mingpt.utils import CfgNode, set_seed, setup_logging
+
+log = logging.getLogger(__name__)
+
+
+def get_config() -> CfgNode:
+    C = CfgNode()
+    C.system = CfgNode(seed=3407, work_dir="out/chargpt")
+    C.data = CfgNode(input="", val_fraction=0.1)  # input: a file, 'shakespeare', or '' (built-in)
+    C.model = GPT.get_default_config()
+    C.model.model_type = "gpt-micro"  # 4 layers, 4 heads, 128 dims
+    C.model.block_size = 64
+    C.model.embd_pdrop = C.model.resid_pdrop = C.model.attn_pdrop = 0.0
+    C.trainer = Trainer.get_default_config()
+    C.trainer.learning_rate = 1e-3
+    C.trainer.batch_size = 12
+    C.trainer.max_iters = 2000
+    C.trainer.warmup_iters = 100
+    C.trainer.betas = (0.9, 0.99)
+    C.sample = CfgNode(prompt="", max_new_tokens=500, temperature=1.0, top_k=None)
+    return C
+
+
+def split_streams(text: str, tokenizer: CharTokenizer, block_size: int, val_fraction: float
+                  ) -> tuple[TokenStream, TokenStream]:
+    """Encode text and cut it into a training stream (the first 90%) and a validation stream."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"data.val_fraction={val_fraction} must be between 0 and 1")
+    tokens = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+    n_train = int(len(tokens) * (1 - val_fraction))
+    return TokenStream(tokens[:n_train], block_size), TokenStream(tokens[n_train:], block_size)
+
+
+def main(config: CfgNode) -> dict:
+    setup_logging()
+    set_seed(config.system.seed)
+    text = load_corpus(config.data.input)
+    tokenizer = CharTokenizer.from_text(text)
+    config.model.vocab_size = tokenizer.vocab_size
+    train, val = split_streams(text, tokenizer, config.model.block_size, config.data.val_fraction)
+    model = GPT(config.model)
+    log.info(f"chargpt: {len(text):,} characters, vocabulary of {tokenizer.vocab_size}, "
+             f"{len(train.tokens):,} train / {len(val.tokens):,} val tokens; "
+             f"model with {model.num_params():,} parameters")
+    work_dir = Path(config.system.work_dir)
+    trainer = Trainer(config.trainer, model, train, val, work_dir=work_dir, run_config=config.to_dict())
+    work_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(work_dir / "tokenizer.json")
+    summary = trainer.run()
+    log.info(f"best val loss {summary['val_loss']:.4f} after {summary['iters']} iterations in "
+             f"{summary['wall_s']:.1f} s ({summary['ms_per_iter']:.1f} ms/iter); "
+             f"run folder: {work_dir}")
+
+    s = config.sample
+    prompt = s.prompt or text[0]
+    model.eval()
+    idx = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=trainer.device)
+    out = model.generate(idx, s.max_new_tokens, temperature=s.temperature, do_sample=True, top_k=s.top_k)
+    print(tokenizer.decode(out[0]))
+    return summary
+
+
+if __name__ == "__main__":
+    from mingpt.cli import run_job
+    sys.exit(run_job("chargpt", sys.argv[1:]))

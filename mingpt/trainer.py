@@ -1,0 +1,298 @@
+"""Trainer: a training loop that knows nothing about GPT.
+
+It trains any nn.Module whose forward(x, y) returns (logits, loss) on batches from a dataset:
+either a token stream with get_batch(batch_size, generator) -> (x, y), which hands over whole
+(B, T) batches, or any map-style Dataset of (x, y) pairs (minGPT's interface). Given a work_dir it
+writes the run folder: config.json, metrics.jsonl, summary.json, loss.png and a checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import defaultdict
+from itertools import islice
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+from tqdm.auto import tqdm
+
+from mingpt import checkpoint
+from mingpt.utils import CfgNode, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+class Trainer:
+
+    @staticmethod
+    def get_default_config() -> CfgNode:
+        return CfgNode(
+            device="auto",  # 'auto' picks cuda, then mps, then cpu
+            num_workers=0,  # DataLoader workers, only for per-example datasets
+            max_iters=None,  # None trains until stopped
+            batch_size=64,  # examples per micro-batch
+            grad_accum_steps=1,  # micro-batches per optimizer step
+            learning_rate=3e-4,
+            betas=(0.9, 0.95),
+            weight_decay=0.1,  # applied only where the model's configure_optimizers says
+            grad_norm_clip=1.0,  # 0 disables clipping
+            warmup_iters=0,  # linear warmup from 0 to learning_rate
+            lr_decay=True,  # cosine decay to min_lr_ratio * learning_rate at max_iters
+            min_lr_ratio=0.1,
+            eval_interval=250,  # iterations between validation evaluations
+            eval_iters=50,  # batches per evaluation (None: the whole validation set)
+            log_interval=10,  # iterations between rows of metrics.jsonl
+            progress_bar=True,
+        )
+
+    def __init__(self, config: CfgNode, model: nn.Module, train_dataset: Dataset,
+                 val_dataset: Dataset | None = None, work_dir: str | Path | None = None,
+                 run_config: dict | None = None) -> None:
+        check_config(config)
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.model = model.to(self.device)
+        self.train_dataset = train_dataset
+        self.val_dataset = val_dataset
+        self.work_dir = Path(work_dir) if work_dir is not None else None
+        self.run_config = run_config if run_config is not None else {"trainer": config.to_dict()}
+        self.callbacks: dict[str, list[Callable[[Trainer], None]]] = defaultdict(list)
+        self.optimizer: torch.optim.Optimizer | None = None
+        # state visible to callbacks (minGPT's names)
+        self.iter_num = 0  # iterations completed before the current one
+        self.iter_time = 0.0
+        self.iter_dt = 0.0
+        self.loss: torch.Tensor | None = None
+        self.val_loss: float | None = None
+        self.metrics: list[dict] = []  # every row written to metrics.jsonl
+        self.summary: dict[str, Any] = {}  # projects may add their final figures here
+        self._pending: dict[str, Any] = {}
+        self._stop_requested = False
+
+    # -- callbacks -------------------------------------------------------------------------------
+    def add_callback(self, onevent: str, callback: Callable[["Trainer"], None]) -> None:
+        self.callbacks[onevent].append(callback)
+
+    def set_callback(self, onevent: str, callback: Callable[["Trainer"], None]) -> None:
+        self.callbacks[onevent] = [callback]
+
+    def trigger_callbacks(self, onevent: str) -> None:
+        for callback in self.callbacks.get(onevent, []):
+            callback(self)
+
+    def log(self, **values: Any) -> None:
+        """Add values (e.g. test_accuracy=0.97) to this iteration's row of metrics.jsonl."""
+        self._pending.update(values)
+
+    def stop(self) -> None:
+        """End training after the current iteration (e.g. once a test set is solved)."""
+        self._stop_requested = True
+
+    # -- the schedule ------------------------------------------------------------------------------
+    def lr_at(self, it: int) -> float:
+        """Learning rate of iteration `it`: linear warmup, then cosine decay to a floor."""
+        c = self.config
+        if it < c.warmup_iters:
+            return c.learning_rate * (it + 1) / c.warmup_iters
+        if not c.lr_decay or c.max_iters is None:
+            return c.learning_rate
+        progress = min(1.0, (it - c.warmup_iters) / max(1, c.max_iters - c.warmup_iters))
+        min_lr = c.learning_rate * c.min_lr_ratio
+        return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (c.learning_rate - min_lr)
+
+    # -- data --------------------------------------------------------------------------------------
+    def _batches(self, dataset: Dataset) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Endless (x, y) training batches on the device."""
+        c, cuda = self.config, self.device.type == "cuda"
+        if hasattr(dataset, "get_batch"):
+            generator = torch.Generator().manual_seed(torch.initial_seed())
+            batches: Iterator = (dataset.get_batch(c.batch_size, generator) for _ in iter(int, 1))
+        else:
+            sampler = RandomSampler(dataset, replacement=True, num_samples=int(1e10))
+            batches = iter(DataLoader(dataset, sampler=sampler, batch_size=c.batch_size,
+                                      num_workers=c.num_workers, pin_memory=cuda))
+        for x, y in batches:
+            if cuda:
+                x, y = x.pin_memory(), y.pin_memory()
+            yield x.to(self.device, non_blocking=cuda), y.to(self.device, non_blocking=cuda)
+
+    @torch.no_grad()
+    def evaluate(self, dataset: Dataset) -> float:
+        """Mean loss over fixed batches of dataset (the same ones every call)."""
+        c = self.config
+        if hasattr(dataset, "eval_batches"):
+            batches = dataset.eval_batches(c.batch_size, c.eval_iters)
+        else:
+            batches = islice(DataLoader(dataset, batch_size=c.batch_size, shuffle=False), c.eval_iters)
+        self.model.eval()
+        total, count = torch.zeros((), device=self.device), 0
+        for x, y in batches:
+            _, loss = self.model(x.to(self.device), y.to(self.device))
+            total += loss * len(x)
+            count += len(x)
+        self.model.train()
+        return (total / max(count, 1)).item()
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Train until max_iters (or stop()); returns the summary (also written to summary.json)."""
+        model, c = self.model, self.config
+        if hasattr(model, "configure_optimizers"):
+            self.optimizer = model.configure_optimizers(c)
+        else:
+            self.optimizer = torch.optim.AdamW(model.parameters(), lr=c.learning_rate,
+                                               betas=tuple(c.betas), weight_decay=c.weight_decay)
+        metrics_file = self._open_run_folder()
+        batches = self._batches(self.train_dataset)
+        best_val = math.inf
+        tokens_per_iter = 0
+        eval_seconds = train_seconds_total = 0.0
+        model.train()
+        run_start = self.iter_time = last_log_time = time.time()
+        last_log_iter = 0
+        progress = tqdm(total=c.max_iters, disable=not c.progress_bar, mininterval=1.0,
+                        dynamic_ncols=True, desc="training")
+        try:
+            while c.max_iters is None or self.iter_num < c.max_iters:
+                lr = self.lr_at(self.iter_num)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                loss_sum = 0.0
+                for _ in range(c.grad_accum_steps):
+                    x, y = next(batches)
+                    _, loss = model(x, y)
+                    (loss / c.grad_accum_steps).backward()
+                    loss_sum = loss_sum + loss.detach()
+                if c.grad_norm_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_norm_clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.loss = loss_sum / c.grad_accum_steps  # stays on the device: no sync here
+                tokens_per_iter = x.numel() * c.grad_accum_steps
+
+                now = time.time()
+                self.iter_dt, self.iter_time = now - self.iter_time, now
+                done = self.iter_num + 1
+                last = done == c.max_iters
+                t0 = time.time()  # evaluation and callbacks are not counted as training time
+                if self.val_dataset is not None and (done % c.eval_interval == 0 or last):
+                    self.val_loss = self.evaluate(self.val_dataset)
+                    self.log(val_loss=self.val_loss)
+                    if self.val_loss < best_val:
+                        best_val = self.val_loss
+                        self.summary["val_loss"] = best_val
+                        self._save_checkpoint(done)
+                    self.trigger_callbacks("on_eval_end")
+                self.trigger_callbacks("on_batch_end")
+                eval_seconds += time.time() - t0
+                self.iter_num = done
+                progress.update(1)
+
+                if done % c.log_interval == 0 or self._pending or last or self._stop_requested:
+                    now = time.time()
+                    train_seconds = max(now - last_log_time - eval_seconds, 1e-9)
+                    train_seconds_total += train_seconds
+                    ms = 1000 * train_seconds / (done - last_log_iter)
+                    row = {"iter": done, "loss": self.loss.item(), "lr": lr, "ms": ms,
+                           "tokens_per_s": tokens_per_iter / ms * 1000, **self._pending}
+                    if not math.isfinite(row["loss"]):
+                        raise FloatingPointError(f"training diverged at iteration {done}: loss is "
+                                                 f"{row['loss']}; lower --trainer.learning_rate")
+                    self._pending = {}
+                    self.metrics.append(row)
+                    if metrics_file is not None:
+                        metrics_file.write(json.dumps(row) + "\n")
+                        metrics_file.flush()
+                    progress.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
+                    last_log_time, last_log_iter, eval_seconds = now, done, 0.0
+                if self._stop_requested:
+                    break
+        finally:
+            progress.close()
+            if metrics_file is not None:
+                metrics_file.close()
+
+        self.summary = {
+            "iters": self.iter_num,
+            "wall_s": time.time() - run_start,
+            "ms_per_iter": 1000 * train_seconds_total / max(self.iter_num, 1),
+            "tokens_per_s": tokens_per_iter * self.iter_num / max(train_seconds_total, 1e-9),
+            "final_loss": self.metrics[-1]["loss"] if self.metrics else None,
+            **self.summary,
+        }
+        self.trigger_callbacks("on_train_end")
+        if self.work_dir is not None:
+            if self.val_dataset is None or "val_loss" not in self.summary:
+                self._save_checkpoint(self.iter_num)
+            write_json_atomic(self.work_dir / "summary.json", self.summary)
+            plot_losses(self.metrics, self.work_dir / "loss.png")
+        return self.summary
+
+    # -- the run folder -----------------------------------------------------------------------------
+    def _open_run_folder(self):
+        if self.work_dir is None:
+            return None
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.work_dir / "config.json", self.run_config)
+        return open(self.work_dir / "metrics.jsonl", "w")
+
+    def _save_checkpoint(self, iter_num: int) -> None:
+        if self.work_dir is not None:
+            checkpoint.save(self.work_dir, self.model, iter_num, extra={"val_loss": self.val_loss})
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> the best device present (cuda, then mps, then cpu); anything else as given."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def check_config(c: CfgNode) -> None:
+    """Refuse impossible trainer settings before any work is done."""
+    problems = []
+    if c.batch_size < 1:
+        problems.append(f"trainer.batch_size={c.batch_size} must be >= 1")
+    if c.learning_rate <= 0:
+        problems.append(f"trainer.learning_rate={c.learning_rate} must be > 0")
+    if c.grad_accum_steps < 1:
+        problems.append(f"trainer.grad_accum_steps={c.grad_accum_steps} must be >= 1")
+    if c.max_iters is not None and c.max_iters < 0:
+        problems.append(f"trainer.max_iters={c.max_iters} must be >= 0 (or None)")
+    if c.eval_interval < 1 or c.log_interval < 1:
+        problems.append("trainer.eval_interval and trainer.log_interval must be >= 1")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def plot_losses(rows: list[dict], path: Path) -> None:
+    """Draw training and validation loss against iteration into a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    train = [(r["iter"], r["loss"]) for r in rows if "loss" in r]
+    val = [(r["iter"], r["val_loss"]) for r in rows if "val_loss" in r]
+    if train:
+        ax.plot(*zip(*train), label="train loss", linewidth=1)
+    if val:
+        ax.plot(*zip(*val), "o-", label="val loss")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)

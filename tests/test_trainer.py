@@ -1,0 +1,153 @@
+"""The Trainer: any (logits, loss) module, both kinds of dataset, the schedule, the run folder."""
+import json
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from conftest import tiny_gpt
+from mingpt.data import TokenStream
+from mingpt.model import GPT
+from mingpt.trainer import Trainer
+
+
+def quick_config(**overrides):
+    c = Trainer.get_default_config()
+    c.device, c.batch_size, c.max_iters, c.progress_bar, c.log_interval = "cpu", 8, 30, False, 5
+    c.learning_rate, c.eval_interval, c.eval_iters = 3e-3, 10, 4
+    for key, value in overrides.items():
+        setattr(c, key, value)
+    return c
+
+
+def pattern_stream(n=4000, block_size=16):
+    return TokenStream(torch.arange(n) % 7, block_size)  # an easily learnt cycle
+
+
+class Bigram(nn.Module):
+    """Not a GPT: the Trainer must not care."""
+
+    def __init__(self, vocab_size: int) -> None:
+        super().__init__()
+        self.table = nn.Embedding(vocab_size, vocab_size)
+
+    def forward(self, x, y=None):
+        logits = self.table(x)
+        loss = None if y is None else nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
+        return logits, loss
+
+
+def test_trains_any_module_that_returns_logits_and_loss():
+    trainer = Trainer(quick_config(max_iters=100, learning_rate=0.1), Bigram(7), pattern_stream())
+    trainer.run()
+    assert trainer.metrics[-1]["loss"] < 0.5 * trainer.metrics[0]["loss"]
+
+
+def test_a_plain_dataset_of_pairs_still_works():
+    class Pairs(torch.utils.data.Dataset):  # minGPT's per-example interface
+        def __len__(self):
+            return 1000
+
+        def __getitem__(self, i):
+            chunk = torch.arange(i, i + 17) % 7
+            return chunk[:-1], chunk[1:]
+
+    trainer = Trainer(quick_config(max_iters=40), tiny_gpt(vocab_size=7), Pairs())
+    seen = []
+    trainer.set_callback("on_batch_end", lambda t: seen.append(t.iter_num))
+    trainer.run()
+    assert seen == list(range(40))
+    assert trainer.iter_num == 40
+    assert trainer.metrics[-1]["loss"] < trainer.metrics[0]["loss"]
+
+
+def test_warmup_then_cosine_decay_to_the_floor():
+    trainer = Trainer(quick_config(max_iters=110, warmup_iters=10, learning_rate=1.0, min_lr_ratio=0.1),
+                      Bigram(7), pattern_stream())
+    assert trainer.lr_at(0) == pytest.approx(0.1)
+    assert trainer.lr_at(9) == pytest.approx(1.0)
+    assert trainer.lr_at(60) == pytest.approx(0.55)  # halfway through the decay
+    assert trainer.lr_at(110) == pytest.approx(0.1)
+    lrs = [trainer.lr_at(i) for i in range(10, 111)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_gradient_accumulation_matches_one_big_batch():
+    """Two micro-batches of 8 give the same update as one batch of 16 on the same examples."""
+    data = pattern_stream()
+    results = []
+    for batch_size, accum in ((16, 1), (8, 2)):
+        torch.manual_seed(0)
+        model = tiny_gpt(vocab_size=7)
+        c = quick_config(max_iters=1, batch_size=batch_size, grad_accum_steps=accum, grad_norm_clip=0.0)
+        x, y = data.get_batch(16, torch.Generator().manual_seed(1))
+        batches = iter([(x, y)] if accum == 1 else [(x[:8], y[:8]), (x[8:], y[8:])])
+
+        class Fixed:
+            def get_batch(self, batch_size, generator):
+                return next(batches)
+
+        Trainer(c, model, Fixed()).run()
+        results.append(torch.cat([p.flatten() for p in model.parameters()]))
+    assert torch.allclose(results[0], results[1], atol=1e-6)
+
+
+def test_run_folder_holds_config_metrics_summary_plot_and_a_loadable_checkpoint(tmp_path):
+    model = tiny_gpt(vocab_size=7)
+    trainer = Trainer(quick_config(), model, pattern_stream(), pattern_stream(800), work_dir=tmp_path,
+                      run_config={"anything": 1})
+    summary = trainer.run()
+    assert json.loads((tmp_path / "config.json").read_text()) == {"anything": 1}
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all({"iter", "loss", "lr", "ms", "tokens_per_s"} <= row.keys() for row in rows)
+    val_rows = [row for row in rows if "val_loss" in row]
+    assert [row["iter"] for row in val_rows] == [10, 20, 30]
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["iters"] == 30 and saved["val_loss"] == min(r["val_loss"] for r in val_rows)
+    assert saved["tokens_per_s"] > 0 and saved["wall_s"] > 0 and summary == saved
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+
+    # the best checkpoint (lowest val loss) reloads with identical weights
+    best_iter = min(val_rows, key=lambda r: r["val_loss"])["iter"]
+    reloaded = GPT.from_pretrained(tmp_path)
+    assert json.loads((tmp_path / "latest.json").read_text())["checkpoint"].endswith(f"{best_iter:07d}")
+    if best_iter == 30:
+        for (name, a), b in zip(model.state_dict().items(), reloaded.state_dict().values()):
+            assert torch.equal(a, b), name
+    x = torch.randint(7, (2, 16))
+    assert reloaded(x)[0].shape == (2, 16, 7)
+
+
+def test_stop_ends_training_after_the_current_iteration():
+    trainer = Trainer(quick_config(max_iters=100), Bigram(7), pattern_stream())
+    trainer.add_callback("on_batch_end", lambda t: t.stop() if t.iter_num == 4 else None)
+    summary = trainer.run()
+    assert summary["iters"] == 5
+
+
+def test_logged_values_join_the_metrics_row():
+    trainer = Trainer(quick_config(max_iters=7, log_interval=100), Bigram(7), pattern_stream())
+    trainer.add_callback("on_batch_end", lambda t: t.log(score=0.5) if t.iter_num == 2 else None)
+    trainer.run()
+    assert [(r["iter"], r.get("score")) for r in trainer.metrics] == [(3, 0.5), (7, None)]
+
+
+def test_divergence_stops_with_the_iteration_named():
+    class Exploding(Bigram):
+        def forward(self, x, y=None):
+            logits, loss = super().forward(x, y)
+            return logits, loss * float("nan")
+
+    with pytest.raises(FloatingPointError, match="diverged at iteration 5"):
+        Trainer(quick_config(max_iters=20), Exploding(7), pattern_stream()).run()
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("batch_size", 0, "batch_size=0 must be >= 1"),
+    ("learning_rate", 0.0, "learning_rate=0.0 must be > 0"),
+    ("grad_accum_steps", 0, "grad_accum_steps=0 must be >= 1"),
+])
+def test_impossible_settings_are_refused(key, value, message):
+    with pytest.raises(ValueError, match=message):
+        Trainer(quick_config(**{key: value}), Bigram(7), pattern_stream())

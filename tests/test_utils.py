@@ -1,0 +1,84 @@
+"""CfgNode: nested sections, overrides from the command line, and refusals of bad keys/types."""
+import pytest
+
+from mingpt.utils import CfgNode, ConfigError
+
+
+def make_config() -> CfgNode:
+    return CfgNode(
+        system=CfgNode(seed=3407, work_dir="out"),
+        trainer=CfgNode(max_iters=None, learning_rate=3e-4, batch_size=64, betas=(0.9, 0.95),
+                        lr_decay=True),
+    )
+
+
+def test_merge_from_args_parses_values_as_python_literals():
+    c = make_config()
+    c.merge_from_args(["--trainer.max_iters=2000", "--trainer.learning_rate=1e-3",
+                       "--trainer.betas=(0.9, 0.99)", "--trainer.lr_decay=False",
+                       "--system.work_dir=runs/a b.txt"])
+    assert c.trainer.max_iters == 2000
+    assert c.trainer.learning_rate == 1e-3
+    assert c.trainer.betas == (0.9, 0.99)
+    assert c.trainer.lr_decay is False
+    assert c.system.work_dir == "runs/a b.txt"  # not a literal: kept as a string
+
+
+def test_an_int_is_accepted_where_a_float_is_expected():
+    c = make_config()
+    c.merge_from_args(["--trainer.learning_rate=1"])
+    assert c.trainer.learning_rate == 1.0 and isinstance(c.trainer.learning_rate, float)
+
+
+def test_merge_from_dict_merges_nested_sections():
+    c = make_config()
+    c.merge_from_dict({"trainer": {"batch_size": 8}, "system": {"seed": 1}})
+    assert (c.trainer.batch_size, c.system.seed, c.trainer.learning_rate) == (8, 1, 3e-4)
+
+
+def test_unknown_keys_are_refused_with_the_valid_keys_listed():
+    c = make_config()
+    with pytest.raises(ConfigError) as e:
+        c.merge_from_args(["--trainer.max_iter=10"])
+    message = str(e.value)
+    assert "unknown config key 'trainer.max_iter'" in message
+    assert "trainer.max_iters" in message and "trainer.batch_size" in message
+    with pytest.raises(ConfigError, match="unknown config key 'sytem'"):
+        c.merge_from_args(["--sytem.seed=1"])
+
+
+@pytest.mark.parametrize("arg, expected_type", [
+    ("--trainer.batch_size=1.5", "int"),
+    ("--trainer.batch_size=big", "int"),
+    ("--trainer.lr_decay=1", "bool"),
+    ("--trainer.learning_rate=fast", "float"),
+    ("--system.work_dir=3", "str"),
+])
+def test_wrong_types_are_refused(arg, expected_type):
+    c = make_config()
+    with pytest.raises(ConfigError, match=f"must be of type {expected_type}"):
+        c.merge_from_args([arg])
+
+
+def test_a_section_cannot_be_set_to_a_value_and_arguments_need_the_dashes():
+    c = make_config()
+    with pytest.raises(ConfigError, match="is a section"):
+        c.merge_from_args(["--trainer=3"])
+    with pytest.raises(ConfigError, match="--section.key=value"):
+        c.merge_from_args(["trainer.batch_size=3"])
+
+
+def test_none_defaults_accept_any_value_and_to_dict_round_trips():
+    c = make_config()
+    c.merge_from_args(["--trainer.max_iters=500"])
+    d = c.to_dict()
+    assert d["trainer"]["max_iters"] == 500
+    fresh = make_config()
+    fresh.merge_from_dict(d)
+    assert fresh.to_dict() == d
+
+
+def test_str_is_readable_and_nested():
+    text = str(make_config())
+    assert "system:\n    seed: 3407" in text
+    assert "trainer:\n" in text and "    batch_size: 64" in text
