@@ -279,7 +279,7 @@ class GPT(nn.Module):
             cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
             # drop a token when the ones ranked above it already reach top_p (keeps at least one)
             drop_sorted = cumulative - sorted_logits.softmax(dim=-1) >= top_p
-            drop = drop_sorted.scatter(1, order, drop_sorted)
+            drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)  # back to vocab order
             logits = logits.masked_fill(drop, float("-inf"))
         return torch.multinomial(logits.softmax(dim=-1), num_samples=1)
 

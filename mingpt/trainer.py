@@ -149,12 +149,10 @@ class Trainer:
                                                betas=tuple(c.betas), weight_decay=c.weight_decay)
         metrics_file = self._open_run_folder()
         batches = self._batches(self.train_dataset)
-        best_val = math.inf
-        tokens_per_iter = 0
-        eval_seconds = train_seconds_total = 0.0
+        window = _LogWindow()
+        best_val, train_seconds, tokens_per_iter = math.inf, 0.0, 0
         model.train()
-        run_start = self.iter_time = last_log_time = time.time()
-        last_log_iter = 0
+        run_start = self.iter_time = time.time()
         progress = tqdm(total=c.max_iters, disable=not c.progress_bar, mininterval=1.0,
                         dynamic_ncols=True, desc="training")
         try:
@@ -162,54 +160,36 @@ class Trainer:
                 lr = self.lr_at(self.iter_num)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                loss_sum = 0.0
-                for _ in range(c.grad_accum_steps):
-                    x, y = next(batches)
-                    _, loss = model(x, y)
-                    (loss / c.grad_accum_steps).backward()
-                    loss_sum = loss_sum + loss.detach()
-                if c.grad_norm_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_norm_clip)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.loss = loss_sum / c.grad_accum_steps  # stays on the device: no sync here
-                tokens_per_iter = x.numel() * c.grad_accum_steps
-
+                self.loss, tokens_per_iter = self._step(batches)  # no host sync per step
+                window.loss_sum = window.loss_sum + self.loss
                 now = time.time()
                 self.iter_dt, self.iter_time = now - self.iter_time, now
                 done = self.iter_num + 1
                 last = done == c.max_iters
-                t0 = time.time()  # evaluation and callbacks are not counted as training time
+
+                paused_at = time.time()  # evaluation and callbacks do not count as training time
                 if self.val_dataset is not None and (done % c.eval_interval == 0 or last):
                     self.val_loss = self.evaluate(self.val_dataset)
                     self.log(val_loss=self.val_loss)
-                    if self.val_loss < best_val:
-                        best_val = self.val_loss
-                        self.summary["val_loss"] = best_val
+                    if self.val_loss < best_val:  # keep the best model by validation loss
+                        best_val = self.summary["val_loss"] = self.val_loss
                         self._save_checkpoint(done)
                     self.trigger_callbacks("on_eval_end")
                 self.trigger_callbacks("on_batch_end")
-                eval_seconds += time.time() - t0
+                window.paused += time.time() - paused_at
                 self.iter_num = done
                 progress.update(1)
 
                 if done % c.log_interval == 0 or self._pending or last or self._stop_requested:
-                    now = time.time()
-                    train_seconds = max(now - last_log_time - eval_seconds, 1e-9)
-                    train_seconds_total += train_seconds
-                    ms = 1000 * train_seconds / (done - last_log_iter)
-                    row = {"iter": done, "loss": self.loss.item(), "lr": lr, "ms": ms,
-                           "tokens_per_s": tokens_per_iter / ms * 1000, **self._pending}
-                    if not math.isfinite(row["loss"]):
-                        raise FloatingPointError(f"training diverged at iteration {done}: loss is "
-                                                 f"{row['loss']}; lower --trainer.learning_rate")
+                    row = window.close(done, lr, tokens_per_iter, self._pending)
+                    train_seconds += row["ms"] * (row["iter"] - window.start_iter) / 1000
                     self._pending = {}
                     self.metrics.append(row)
                     if metrics_file is not None:
                         metrics_file.write(json.dumps(row) + "\n")
                         metrics_file.flush()
                     progress.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
-                    last_log_time, last_log_iter, eval_seconds = now, done, 0.0
+                    window = _LogWindow(start_iter=done)
                 if self._stop_requested:
                     break
         finally:
@@ -220,18 +200,35 @@ class Trainer:
         self.summary = {
             "iters": self.iter_num,
             "wall_s": time.time() - run_start,
-            "ms_per_iter": 1000 * train_seconds_total / max(self.iter_num, 1),
-            "tokens_per_s": tokens_per_iter * self.iter_num / max(train_seconds_total, 1e-9),
+            "ms_per_iter": 1000 * train_seconds / max(self.iter_num, 1),
+            "tokens_per_s": tokens_per_iter * self.iter_num / max(train_seconds, 1e-9),
             "final_loss": self.metrics[-1]["loss"] if self.metrics else None,
             **self.summary,
         }
         self.trigger_callbacks("on_train_end")
         if self.work_dir is not None:
-            if self.val_dataset is None or "val_loss" not in self.summary:
+            if "val_loss" not in self.summary:  # no validation: keep the final model
                 self._save_checkpoint(self.iter_num)
             write_json_atomic(self.work_dir / "summary.json", self.summary)
             plot_losses(self.metrics, self.work_dir / "loss.png")
         return self.summary
+
+    def _step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, int]:
+        """One optimizer step over grad_accum_steps micro-batches; returns the mean loss (still
+        on the device) and the number of tokens seen."""
+        c = self.config
+        loss_sum, tokens = torch.zeros((), device=self.device), 0
+        for _ in range(c.grad_accum_steps):
+            x, y = next(batches)
+            _, loss = self.model(x, y)
+            (loss / c.grad_accum_steps).backward()
+            loss_sum += loss.detach()
+            tokens += x.numel()
+        if c.grad_norm_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_norm_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_sum / c.grad_accum_steps, tokens
 
     # -- the run folder -----------------------------------------------------------------------------
     def _open_run_folder(self):
@@ -244,6 +241,27 @@ class Trainer:
     def _save_checkpoint(self, iter_num: int) -> None:
         if self.work_dir is not None:
             checkpoint.save(self.work_dir, self.model, iter_num, extra={"val_loss": self.val_loss})
+
+
+class _LogWindow:
+    """The iterations since the last metrics row: their summed loss and their training time."""
+
+    def __init__(self, start_iter: int = 0) -> None:
+        self.start_iter = start_iter
+        self.start_time = time.time()
+        self.paused = 0.0  # seconds spent evaluating or in callbacks
+        self.loss_sum: torch.Tensor | float = 0.0
+
+    def close(self, done: int, lr: float, tokens_per_iter: int, extra: dict) -> dict[str, Any]:
+        """The metrics row for iteration `done`; the loss is the mean over the window."""
+        iters = done - self.start_iter
+        ms = 1000 * max(time.time() - self.start_time - self.paused, 1e-9) / iters
+        loss = float(self.loss_sum / iters)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"training diverged by iteration {done}: loss is {loss}; "
+                                     f"lower --trainer.learning_rate")
+        return {"iter": done, "loss": loss, "lr": lr, "ms": ms,
+                "tokens_per_s": tokens_per_iter * 1000 / ms, **extra}
 
 
 def resolve_device(device: str) -> torch.device:

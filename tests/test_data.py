@@ -73,3 +73,20 @@ def test_bad_input_files_get_clear_errors(tmp_path, content, message):
         path.write_bytes(content)
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         read_text(path)
+
+
+def test_shakespeare_download_fails_offline_with_a_clear_message(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setenv("MINGPT_CACHE", str(tmp_path))
+    monkeypatch.setattr("urllib.request.urlopen", no_network)
+    with pytest.raises(ConnectionError, match="could not download Tiny Shakespeare .* --data.input=PATH"):
+        load_corpus("shakespeare")
+    assert not list(tmp_path.iterdir())  # nothing half-written in the cache
+
+
+def test_shakespeare_is_read_from_the_cache_once_downloaded(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINGPT_CACHE", str(tmp_path))
+    (tmp_path / "tinyshakespeare.txt").write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n")
+    assert load_corpus("shakespeare").startswith("First Citizen:")

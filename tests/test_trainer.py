@@ -139,7 +139,7 @@ def test_divergence_stops_with_the_iteration_named():
             logits, loss = super().forward(x, y)
             return logits, loss * float("nan")
 
-    with pytest.raises(FloatingPointError, match="diverged at iteration 5"):
+    with pytest.raises(FloatingPointError, match="diverged by iteration 5"):
         Trainer(quick_config(max_iters=20), Exploding(7), pattern_stream()).run()
 
 
