@@ -14,6 +14,9 @@ from mingpt.utils import CfgNode, ConfigError
 JOBS = {
     "adder": ("mingpt.projects.adder", "a GPT learns n-digit addition"),
     "chargpt": ("mingpt.projects.chargpt", "a character-level language model on any text"),
+    "prepare": ("mingpt.projects.prepare", "text files -> train.bin / val.bin token files"),
+    "train": ("mingpt.projects.train", "train or fine-tune a GPT on prepared token files"),
+    "words": ("mingpt.projects.words", "a BPE-level GPT on any text (prepare + train)"),
     "sample": ("mingpt.sample", "sample text from a trained run"),
 }
 

@@ -13,7 +13,9 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -27,22 +29,27 @@ class TokenStream:
     per-example datasets still works; the Trainer prefers get_batch, which is much faster.
     """
 
-    def __init__(self, tokens: torch.Tensor, block_size: int) -> None:
-        if tokens.dim() != 1:
-            raise ValueError(f"tokens must be a 1-D tensor, got shape {tuple(tokens.shape)}")
+    def __init__(self, tokens: torch.Tensor | np.ndarray, block_size: int) -> None:
+        if tokens.ndim != 1:
+            raise ValueError(f"tokens must be 1-D, got shape {tuple(tokens.shape)}")
         if len(tokens) < block_size + 1:
             raise ValueError(f"the text has {len(tokens)} tokens, fewer than block_size + 1 = "
                              f"{block_size + 1}; use a longer text or a smaller --model.block_size")
-        self.tokens = tokens.long()
+        # a numpy array (e.g. a memmap of a .bin file larger than RAM) stays as it is
+        self.tokens = tokens.long() if isinstance(tokens, torch.Tensor) else tokens
         self.block_size = block_size
         self._window = torch.arange(block_size + 1)
+
+    @classmethod
+    def from_bin(cls, path: str | Path, dtype: str, block_size: int) -> "TokenStream":
+        """A stream over a .bin file of token ids written by `mingpt prepare`, memory-mapped."""
+        return cls(np.memmap(path, dtype=np.dtype(dtype), mode="r"), block_size)
 
     def __len__(self) -> int:
         return len(self.tokens) - self.block_size
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        chunk = self.tokens[i:i + self.block_size + 1]
-        return chunk[:-1], chunk[1:]
+        return tuple(t[0] for t in self._cut(torch.tensor([i])))
 
     def get_batch(self, batch_size: int, generator: torch.Generator | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,7 +69,11 @@ class TokenStream:
             yield self._cut(starts[i:i + batch_size])
 
     def _cut(self, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        windows = self.tokens[starts[:, None] + self._window]  # (B, block_size + 1)
+        index = starts[:, None] + self._window  # (B, block_size + 1)
+        if isinstance(self.tokens, np.ndarray):  # one fancy-index read from the memmap
+            windows = torch.from_numpy(self.tokens[index.numpy()].astype(np.int64))
+        else:
+            windows = self.tokens[index]
         return windows[:, :-1], windows[:, 1:]
 
 
@@ -94,12 +105,15 @@ class CharTokenizer:
             ids = ids.tolist()
         return "".join(self.chars[i] for i in ids)
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"type": "char", "chars": self.chars}, ensure_ascii=False))
+    def save(self, folder: str | Path) -> None:
+        """Write folder/tokenizer.json."""
+        spec = {"type": "char", "chars": self.chars}
+        (Path(folder) / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False))
 
     @classmethod
-    def load(cls, path: str | Path) -> "CharTokenizer":
-        spec = json.loads(Path(path).read_text())
+    def load(cls, folder: str | Path) -> "CharTokenizer":
+        path = Path(folder) / "tokenizer.json"
+        spec = json.loads(path.read_text())
         if spec.get("type") != "char":
             raise ValueError(f"{path} describes a {spec.get('type')!r} tokenizer, not 'char'")
         return cls(spec["chars"])
@@ -155,6 +169,23 @@ def tiny_shakespeare() -> str:
     return read_text(path)
 
 
+def corpus_path(name_or_path: str) -> Path:
+    """Like load_corpus, but the path of a file holding the text (the built-in corpus is written
+    to the cache folder once), for jobs that stream files."""
+    if name_or_path == "":
+        path = cache_dir() / "pydoc_topics.txt"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(builtin_corpus(), encoding="utf-8")
+            tmp.replace(path)
+        return path
+    if name_or_path == "shakespeare" and not Path(name_or_path).exists():
+        tiny_shakespeare()
+        return cache_dir() / "tinyshakespeare.txt"
+    return Path(name_or_path)
+
+
 def load_corpus(name_or_path: str) -> str:
     """'' -> the built-in corpus; 'shakespeare' -> Tiny Shakespeare; anything else: a file path."""
     if name_or_path == "":
@@ -162,3 +193,109 @@ def load_corpus(name_or_path: str) -> str:
     if name_or_path == "shakespeare" and not Path(name_or_path).exists():
         return tiny_shakespeare()
     return read_text(name_or_path)
+
+
+# -- tokenizers saved with data and runs -------------------------------------------------------------
+def load_tokenizer(folder: str | Path):
+    """The tokenizer described by folder/tokenizer.json: a CharTokenizer or a BPETokenizer."""
+    from mingpt.bpe import BPETokenizer
+
+    spec_file = Path(folder) / "tokenizer.json"
+    if not spec_file.exists():
+        raise FileNotFoundError(f"{str(folder)!r} has no tokenizer.json; pass a run folder or a "
+                                f"folder made by `mingpt prepare`")
+    kind = json.loads(spec_file.read_text()).get("type")
+    if kind == "char":
+        return CharTokenizer.load(folder)
+    if kind == "bpe":
+        return BPETokenizer.load(folder)
+    raise ValueError(f"{spec_file} names an unknown tokenizer type {kind!r}")
+
+
+# -- preparing a corpus: text files -> train.bin / val.bin ------------------------------------------
+def read_pieces(path: Path, piece_bytes: int = 1 << 20) -> Iterator[str]:
+    """A text file in pieces of about piece_bytes, cut only just before a line that starts with a
+    non-space character: GPT-2's split pattern never joins across such a cut, so encoding the
+    pieces one by one gives exactly the ids of encoding the whole file."""
+    check_text_file(path)
+    buffer: list[str] = []
+    size = 0
+    with open(path, encoding="utf-8", newline="") as f:
+        try:
+            for line in f:
+                if size >= piece_bytes and line[:1].strip():
+                    yield "".join(buffer)
+                    buffer, size = [], 0
+                buffer.append(line)
+                size += len(line)
+        except UnicodeDecodeError:
+            raise ValueError(f"input file {str(path)!r} is not valid UTF-8; convert it to UTF-8 first") from None
+    if buffer:
+        yield "".join(buffer)
+
+
+def check_text_file(path: Path) -> None:
+    """The checks of read_text on a file too large to read whole: its first 64 KiB."""
+    if not path.is_file():
+        raise FileNotFoundError(f"input file {str(path)!r} does not exist; pass an existing text file")
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    if b"\x00" in head:
+        raise ValueError(f"input file {str(path)!r} looks binary (it holds NUL bytes); pass a UTF-8 text file")
+    if not head.strip():
+        raise ValueError(f"input file {str(path)!r} is empty; pass a file with text in it")
+
+
+def prepare_corpus(inputs: list[Path], out_dir: Path, tokenizer, val_fraction: float = 0.1) -> dict:
+    """Encode text files into out_dir/train.bin and val.bin (uint16 ids where the vocabulary fits,
+    else uint32) with meta.json and the tokenizer, streaming so a corpus larger than RAM works.
+
+    Each file is one document, followed by <|endoftext|> where the tokenizer has it. The last
+    val_fraction of every document (cut at a line) goes to validation.
+    """
+    dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
+    out_dir.mkdir(parents=True, exist_ok=True)
+    eot = getattr(tokenizer, "eot_token", None)
+    counts = {"train": 0, "val": 0}
+    text_tokens = dict(counts)  # without the <|endoftext|> separators
+    tmp = {split: out_dir / f"{split}.bin.tmp" for split in counts}
+    files = {split: open(tmp[split], "wb") for split in counts}
+    total_bytes = sum(p.stat().st_size for p in inputs)
+    try:
+        with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="encoding") as progress:
+            for path in inputs:
+                val_starts_at = path.stat().st_size * (1 - val_fraction)
+                seen = 0
+                for piece in read_pieces(path):
+                    size = len(piece.encode("utf-8"))
+                    cut = 0 if seen >= val_starts_at else len(piece)
+                    if seen < val_starts_at < seen + size:  # the split falls inside this piece
+                        cut = piece.find("\n", int(len(piece) * (val_starts_at - seen) / size)) + 1 or len(piece)
+                    for split, text in (("train", piece[:cut]), ("val", piece[cut:])):
+                        ids = tokenizer.encode(text)
+                        np.asarray(ids, dtype=dtype).tofile(files[split])
+                        counts[split] += len(ids)
+                        text_tokens[split] += len(ids)
+                    seen += size
+                    progress.update(size)
+                split = "val" if seen >= val_starts_at else "train"
+                if eot is not None:
+                    np.asarray([eot], dtype=dtype).tofile(files[split])
+                    counts[split] += 1
+    finally:
+        for f in files.values():
+            f.close()
+    if min(text_tokens.values()) == 0:
+        for t in tmp.values():
+            t.unlink()
+        raise ValueError(f"the corpus is too small to give both a training and a validation split "
+                         f"({counts['train']} / {counts['val']} tokens); add text or change "
+                         f"--data.val_fraction")
+    for split, t in tmp.items():
+        t.replace(out_dir / f"{split}.bin")
+    tokenizer.save(out_dir)
+    meta = {"dtype": np.dtype(dtype).name, "vocab_size": tokenizer.vocab_size,
+            "train_tokens": counts["train"], "val_tokens": counts["val"],
+            "sources": [str(p) for p in inputs]}
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2))
+    return meta

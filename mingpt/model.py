@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from mingpt import checkpoint
+from mingpt import checkpoint, hf
 from mingpt.utils import CfgNode
 
 # (n_layer, n_head, n_embd) of the named model shapes
@@ -285,20 +285,42 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device = "cpu") -> "GPT":
-        """Load a model saved by mingpt: a run folder (its latest checkpoint) or a checkpoint folder."""
+        """Load a model: a mingpt run folder (its latest checkpoint) or checkpoint folder, a
+        Hugging Face GPT-2 folder (config.json + weights), or OpenAI's GPT-2 by its hub name
+        (gpt2, gpt2-medium, gpt2-large, gpt2-xl; downloaded into the Hugging Face cache)."""
         path = Path(name_or_path)
+        is_mingpt = any((path / f).exists() for f in (checkpoint.LATEST_FILE, checkpoint.META_FILE))
+        if not is_mingpt and hf.is_hf_folder(path):
+            return hf.load_hf_gpt2(cls, path, device)
         if not path.exists():
+            if str(name_or_path) in hf.HUB_MODELS:  # a local folder of that name would win
+                return hf.load_hf_gpt2(cls, str(name_or_path), device)
             if str(name_or_path) in PRESETS:
-                raise ValueError(f"{name_or_path!r} names a GPT-2 shape, but downloading OpenAI's "
-                                 f"weights is not supported yet; pass a mingpt run folder instead")
+                raise ValueError(f"{name_or_path!r} names a model shape without released weights; "
+                                 f"pass a mingpt run folder or one of {', '.join(hf.HUB_MODELS)}")
             raise FileNotFoundError(f"no mingpt run or checkpoint at {str(path)!r}; pass the "
-                                    f"--system.work_dir of a finished run")
+                                    f"--system.work_dir of a finished run, a Hugging Face GPT-2 "
+                                    f"folder, or one of {', '.join(hf.HUB_MODELS)}")
         meta, weights = checkpoint.locate(path)
         config = GPT.get_default_config()
         config.merge_from_dict(meta["model_config"])
         model = cls(config)
         checkpoint.load_weights(model, weights, device)
         return model.to(device)
+
+    def crop_block_size(self, block_size: int) -> None:
+        """Shrink the context to block_size (e.g. GPT-2's 1024 to 256 for a cheaper fine-tune) by
+        keeping only the first block_size learned positions."""
+        if not 1 <= block_size <= self.block_size:
+            raise ValueError(f"block_size={block_size} must be between 1 and the model's {self.block_size}")
+        wpe = self.transformer.wpe
+        wpe.weight = nn.Parameter(wpe.weight.detach()[:block_size].clone())
+        wpe.num_embeddings = block_size
+        self.block_size = self.config.block_size = block_size
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Export as a Hugging Face GPT-2 folder that transformers' GPT2LMHeadModel loads."""
+        return hf.save_hf_gpt2(self, directory)
 
 
 def resolve_config(config: CfgNode) -> CfgNode:

@@ -6,12 +6,13 @@ The model comes from the run's latest checkpoint and the tokenizer from its toke
 """
 from __future__ import annotations
 
+import codecs
 import sys
 from pathlib import Path
 
 import torch
 
-from mingpt.data import CharTokenizer
+from mingpt.data import CharTokenizer, load_tokenizer
 from mingpt.model import GPT
 from mingpt.trainer import resolve_device
 from mingpt.utils import CfgNode, set_seed, setup_logging
@@ -20,7 +21,7 @@ from mingpt.utils import CfgNode, set_seed, setup_logging
 def get_config() -> CfgNode:
     return CfgNode(
         system=CfgNode(work_dir="out/chargpt", seed=3407, device="auto"),
-        prompt="",  # '' starts from a newline (or the first token of the vocabulary)
+        prompt="",  # '' starts a new document: <|endoftext|> or a newline
         max_new_tokens=500,
         do_sample=True,  # False: greedy
         temperature=1.0,
@@ -33,26 +34,35 @@ def main(config: CfgNode) -> str:
     setup_logging()
     set_seed(config.system.seed)
     work_dir = Path(config.system.work_dir)
-    tokenizer_file = work_dir / "tokenizer.json"
-    if not tokenizer_file.exists():
-        raise FileNotFoundError(f"{str(work_dir)!r} has no tokenizer.json; pass the "
-                                f"--system.work_dir of a chargpt run")
-    tokenizer = CharTokenizer.load(tokenizer_file)
+    tokenizer = load_tokenizer(work_dir)
     device = resolve_device(config.system.device)
     model = GPT.from_pretrained(work_dir, device=device).eval()
-    prompt = config.prompt or ("\n" if "\n" in tokenizer.stoi else tokenizer.chars[0])
-    idx = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=device)
-    sys.stdout.write(prompt)
-    pieces = [prompt]
+    idx = torch.tensor([prompt_ids(tokenizer, config.prompt)], dtype=torch.long, device=device)
+    sys.stdout.write(config.prompt)
+    # BPE tokens can end inside a multi-byte character: decode the byte stream incrementally
+    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pieces = [config.prompt]
     for token in model.generate_stream(idx, config.max_new_tokens, temperature=config.temperature,
                                        do_sample=config.do_sample, top_k=config.top_k,
                                        top_p=config.top_p):
-        piece = tokenizer.decode(token[0])
+        ids = token[0].tolist()
+        piece = utf8.decode(tokenizer.decode_bytes(ids)) if hasattr(tokenizer, "decode_bytes") else tokenizer.decode(ids)
         pieces.append(piece)
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
     return "".join(pieces)
+
+
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """The prompt's ids; an empty prompt starts a new document (<|endoftext|>, or a newline)."""
+    if prompt:
+        return tokenizer.encode(prompt)
+    if getattr(tokenizer, "eot_token", None) is not None:
+        return [tokenizer.eot_token]
+    if isinstance(tokenizer, CharTokenizer) and "\n" not in tokenizer.stoi:
+        return [0]
+    return tokenizer.encode("\n")
 
 
 if __name__ == "__main__":

@@ -172,3 +172,14 @@ def test_wrong_input_shapes_get_clear_errors():
         model(torch.zeros(9, dtype=torch.long))
     with pytest.raises(ValueError, match="targets shape"):
         model(torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_crop_block_size_keeps_the_first_positions_and_the_outputs():
+    model = tiny_gpt(block_size=16).eval()
+    idx = torch.randint(11, (2, 8))
+    before, _ = model(idx)
+    model.crop_block_size(8)
+    assert model.config.block_size == 8 and model.transformer.wpe.weight.shape[0] == 8
+    assert torch.allclose(model(idx)[0], before)
+    with pytest.raises(ValueError, match="exceeds block_size=8"):
+        model(torch.zeros(1, 9, dtype=torch.long))

