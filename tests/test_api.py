@@ -1,5 +1,4 @@
-"""The minGPT-style public API of DESIGN.md, used exactly as written there (tokenizer aside:
-BPETokenizer belongs to the GPT-2 tokenizer work)."""
+"""The minGPT-style public API of DESIGN.md, used exactly as written there."""
 import torch
 from torch.utils.data import Dataset
 
@@ -50,6 +49,12 @@ def test_the_design_api_as_written():
     model.eval()
     out = model.generate(torch.tensor([[2, 0, 1, 0, 2, 1]]), 5, temperature=1.0, do_sample=False, top_k=None)
     assert out.shape == (1, 11)
+
+    from mingpt.bpe import BPETokenizer
+    tok = BPETokenizer()
+    idx = tok("Hello world")
+    text = tok.decode(idx[0])
+    assert idx.shape == (1, 2) and text == "Hello world"
 
     from mingpt.utils import CfgNode, set_seed, setup_logging
     set_seed(3407)

@@ -89,6 +89,13 @@ def test_fine_tuning_starts_from_a_pretrained_run(tmp_path, corpus):
     after = [json.loads(r) for r in (second / "metrics.jsonl").read_text().splitlines()]
     assert after[0]["loss"] < before + 1.0  # starts from the trained weights, not from ln(300) = 5.7
 
+    other = tmp_path / "other"
+    mingpt("prepare", f"--data.input={corpus}", f"--data.out_dir={other}", "--tokenizer.kind=char")
+    refused = subprocess.run([sys.executable, "-m", "mingpt", "train", f"--data.dir={other}",
+                              f"--system.work_dir={tmp_path / 'third'}", f"--init_from={first}", *TINY],
+                             capture_output=True, text=True)
+    assert refused.returncode == 1 and "was tokenized differently" in refused.stderr
+
 
 @pytest.mark.slow
 def test_words_project_prepares_and_trains_in_one_command(tmp_path, corpus):

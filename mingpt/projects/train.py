@@ -53,12 +53,28 @@ def load_meta(data_dir: Path) -> dict:
     return json.loads(meta_file.read_text())
 
 
+def check_same_tokenizer(init_from: str, data_dir: Path) -> None:
+    """A pretrained model only understands the ids of its own tokenizer: refuse other data."""
+    data_spec = json.loads((data_dir / "tokenizer.json").read_text())
+    own = Path(init_from) / "tokenizer.json"
+    if own.exists():  # a mingpt run folder knows its tokenizer
+        same = json.loads(own.read_text()) == data_spec
+        expected = f"the tokenizer of {init_from}"
+    else:  # OpenAI's GPT-2, or a Hugging Face GPT-2 folder
+        same = data_spec.get("type") == "bpe" and data_spec.get("name") == "gpt2"
+        expected = "GPT-2's tokenizer (mingpt prepare --tokenizer.kind=gpt2)"
+    if not same:
+        raise ValueError(f"the data in {str(data_dir)!r} was tokenized differently from "
+                         f"{init_from!r}; prepare it with {expected}")
+
+
 def build_model(config: CfgNode, vocab_size: int) -> GPT:
     """A new GPT for this vocabulary, or a pretrained one (its own dropout; block_size cropped
     when config.model.block_size is smaller)."""
     if not config.init_from:
         config.model.vocab_size = vocab_size
         return GPT(config.model)
+    check_same_tokenizer(config.init_from, Path(config.data.dir))
     model = GPT.from_pretrained(config.init_from)
     if model.config.vocab_size < vocab_size:
         raise ValueError(f"the data's tokenizer has {vocab_size} tokens but {config.init_from!r} "
