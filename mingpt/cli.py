@@ -52,8 +52,8 @@ def run_job(job: str, args: list[str]) -> int:
     try:
         config.merge_from_args(args)
         module.main(config)
-    except KeyboardInterrupt:
-        print(f"mingpt {job}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM: the Trainer saved a checkpoint first
+        print(f"mingpt {job}: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
         return 130
     except USER_ERRORS as e:
         if debug:

@@ -301,11 +301,13 @@ class GPT(nn.Module):
             raise FileNotFoundError(f"no mingpt run or checkpoint at {str(path)!r}; pass the "
                                     f"--system.work_dir of a finished run, a Hugging Face GPT-2 "
                                     f"folder, or one of {', '.join(hf.HUB_MODELS)}")
-        meta, weights = checkpoint.locate(path)
+        meta, folder = checkpoint.locate(path)
+        if meta.get("model_config") is None:
+            raise ValueError(f"the checkpoint in {str(path)!r} is not of a GPT (no model config)")
         config = GPT.get_default_config()
         config.merge_from_dict(meta["model_config"])
         model = cls(config)
-        checkpoint.load_weights(model, weights, device)
+        checkpoint.load_weights(model, folder, device)
         return model.to(device)
 
     def crop_block_size(self, block_size: int) -> None:

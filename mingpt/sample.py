@@ -37,7 +37,11 @@ def main(config: CfgNode) -> str:
     tokenizer = load_tokenizer(work_dir)
     device = resolve_device(config.system.device)
     model = GPT.from_pretrained(work_dir, device=device).eval()
-    idx = torch.tensor([prompt_ids(tokenizer, config.prompt)], dtype=torch.long, device=device)
+    ids = prompt_ids(tokenizer, config.prompt)
+    if len(ids) > model.block_size:
+        raise ValueError(f"the prompt is {len(ids)} tokens, longer than the model's context of "
+                         f"{model.block_size}; shorten it")
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
     sys.stdout.write(config.prompt)
     # BPE tokens can end inside a multi-byte character: decode the byte stream incrementally
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")

@@ -10,8 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
+import signal
+import threading
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -47,12 +51,16 @@ class Trainer:
             eval_interval=250,  # iterations between validation evaluations
             eval_iters=50,  # batches per evaluation (None: the whole validation set)
             log_interval=10,  # iterations between rows of metrics.jsonl
+            keep_last=2,  # checkpoints kept (saved every eval_interval; the best is kept too)
             progress_bar=True,
         )
 
     def __init__(self, config: CfgNode, model: nn.Module, train_dataset: Dataset,
                  val_dataset: Dataset | None = None, work_dir: str | Path | None = None,
-                 run_config: dict | None = None) -> None:
+                 run_config: dict | None = None, resume: bool = False, overwrite: bool = False) -> None:
+        """work_dir: the run folder (None writes nothing). A folder that already holds a run is
+        refused unless resume=True (continue from its latest checkpoint, exactly) or
+        overwrite=True (start over)."""
         check_config(config)
         self.config = config
         self.device = resolve_device(config.device)
@@ -73,6 +81,12 @@ class Trainer:
         self.summary: dict[str, Any] = {}  # projects may add their final figures here
         self._pending: dict[str, Any] = {}
         self._stop_requested = False
+        self._signal: int | None = None
+        # draws the training batches; saved in checkpoints so a resumed run sees the same data
+        self.generator = torch.Generator().manual_seed(torch.initial_seed())
+        self.resume = resume
+        if self.work_dir is not None:
+            check_run_folder(self.work_dir, resume, overwrite)
 
     # -- callbacks -------------------------------------------------------------------------------
     def add_callback(self, onevent: str, callback: Callable[["Trainer"], None]) -> None:
@@ -110,8 +124,7 @@ class Trainer:
         """Endless (x, y) training batches on the device."""
         c, cuda = self.config, self.device.type == "cuda"
         if hasattr(dataset, "get_batch"):
-            generator = torch.Generator().manual_seed(torch.initial_seed())
-            batches: Iterator = (dataset.get_batch(c.batch_size, generator) for _ in iter(int, 1))
+            batches: Iterator = (dataset.get_batch(c.batch_size, self.generator) for _ in iter(int, 1))
         else:
             sampler = RandomSampler(dataset, replacement=True, num_samples=int(1e10))
             batches = iter(DataLoader(dataset, sampler=sampler, batch_size=c.batch_size,
@@ -140,75 +153,87 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        """Train until max_iters (or stop()); returns the summary (also written to summary.json)."""
+        """Train until max_iters (or stop()); returns the summary (also written to summary.json).
+
+        SIGINT / SIGTERM end the run after the current iteration, with a checkpoint saved.
+        """
         model, c = self.model, self.config
         if hasattr(model, "configure_optimizers"):
             self.optimizer = model.configure_optimizers(c)
         else:
             self.optimizer = torch.optim.AdamW(model.parameters(), lr=c.learning_rate,
                                                betas=tuple(c.betas), weight_decay=c.weight_decay)
-        metrics_file = self._open_run_folder()
+        self.best_val, self.train_seconds = math.inf, 0.0
+        if self.resume:
+            self._restore()
+        metrics_file = self._open_metrics()
         batches = self._batches(self.train_dataset)
-        window = _LogWindow()
-        best_val, train_seconds, tokens_per_iter = math.inf, 0.0, 0
+        window = _LogWindow(self.iter_num)
+        tokens_per_iter = 0
         model.train()
         run_start = self.iter_time = time.time()
-        progress = tqdm(total=c.max_iters, disable=not c.progress_bar, mininterval=1.0,
-                        dynamic_ncols=True, desc="training")
+        progress = tqdm(total=c.max_iters, initial=self.iter_num, disable=not c.progress_bar,
+                        mininterval=1.0, dynamic_ncols=True, desc="training")
         try:
-            while c.max_iters is None or self.iter_num < c.max_iters:
-                lr = self.lr_at(self.iter_num)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                self.loss, tokens_per_iter = self._step(batches)  # no host sync per step
-                window.loss_sum = window.loss_sum + self.loss
-                now = time.time()
-                self.iter_dt, self.iter_time = now - self.iter_time, now
-                done = self.iter_num + 1
-                last = done == c.max_iters
+            with _signals_stop(self):
+                while (c.max_iters is None or self.iter_num < c.max_iters) and not self._stop_requested:
+                    lr = self.lr_at(self.iter_num)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+                    self.loss, tokens_per_iter = self._step(batches)  # no host sync per step
+                    window.losses.append(self.loss)
+                    now = time.time()
+                    self.iter_dt, self.iter_time = now - self.iter_time, now
+                    done = self.iter_num + 1
+                    last = done == c.max_iters
+                    save_due = done % c.eval_interval == 0 or last
 
-                paused_at = time.time()  # evaluation and callbacks do not count as training time
-                if self.val_dataset is not None and (done % c.eval_interval == 0 or last):
-                    self.val_loss = self.evaluate(self.val_dataset)
-                    self.log(val_loss=self.val_loss)
-                    if self.val_loss < best_val:  # keep the best model by validation loss
-                        best_val = self.summary["val_loss"] = self.val_loss
-                        self._save_checkpoint(done)
-                    self.trigger_callbacks("on_eval_end")
-                self.trigger_callbacks("on_batch_end")
-                window.paused += time.time() - paused_at
-                self.iter_num = done
-                progress.update(1)
+                    paused_at = time.time()  # evaluation and callbacks are not training time
+                    improved = False
+                    if self.val_dataset is not None and save_due:
+                        self.val_loss = self.evaluate(self.val_dataset)
+                        self.log(val_loss=self.val_loss)
+                        if self.val_loss < self.best_val:
+                            self.best_val = self.summary["val_loss"] = self.val_loss
+                            improved = True
+                        self.trigger_callbacks("on_eval_end")
+                    self.trigger_callbacks("on_batch_end")
+                    window.paused += time.time() - paused_at
+                    self.iter_num = done
+                    progress.update(1)
 
-                if done % c.log_interval == 0 or self._pending or last or self._stop_requested:
-                    row = window.close(done, lr, tokens_per_iter, self._pending)
-                    train_seconds += row["ms"] * (row["iter"] - window.start_iter) / 1000
-                    self._pending = {}
-                    self.metrics.append(row)
-                    if metrics_file is not None:
-                        metrics_file.write(json.dumps(row) + "\n")
-                        metrics_file.flush()
-                    progress.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
-                    window = _LogWindow(start_iter=done)
-                if self._stop_requested:
-                    break
+                    save_due = save_due or self._stop_requested
+                    if done % c.log_interval == 0 or self._pending or save_due:
+                        row = window.close(done, lr, tokens_per_iter, self._pending)
+                        self.train_seconds += row["ms"] * (done - window.start_iter) / 1000
+                        self._pending = {}
+                        self.metrics.append(row)
+                        if metrics_file is not None:
+                            metrics_file.write(json.dumps(row) + "\n")
+                            metrics_file.flush()
+                        progress.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
+                        window = _LogWindow(done)
+                    if save_due:  # after the row, so a resumed run has every row up to here
+                        self._save_checkpoint(best=improved)
         finally:
             progress.close()
             if metrics_file is not None:
                 metrics_file.close()
+        if self._signal is not None:
+            raise KeyboardInterrupt(f"stopped by signal {self._signal} after iteration {self.iter_num}"
+                                    + (f"; checkpoint saved, continue with --system.resume=true"
+                                       if self.work_dir is not None else ""))
 
         self.summary = {
             "iters": self.iter_num,
             "wall_s": time.time() - run_start,
-            "ms_per_iter": 1000 * train_seconds / max(self.iter_num, 1),
-            "tokens_per_s": tokens_per_iter * self.iter_num / max(train_seconds, 1e-9),
+            "ms_per_iter": 1000 * self.train_seconds / max(self.iter_num, 1),
+            "tokens_per_s": tokens_per_iter * self.iter_num / max(self.train_seconds, 1e-9),
             "final_loss": self.metrics[-1]["loss"] if self.metrics else None,
             **self.summary,
         }
         self.trigger_callbacks("on_train_end")
         if self.work_dir is not None:
-            if "val_loss" not in self.summary:  # no validation: keep the final model
-                self._save_checkpoint(self.iter_num)
             write_json_atomic(self.work_dir / "summary.json", self.summary)
             plot_losses(self.metrics, self.work_dir / "loss.png")
         return self.summary
@@ -230,17 +255,94 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return loss_sum / c.grad_accum_steps, tokens
 
-    # -- the run folder -----------------------------------------------------------------------------
-    def _open_run_folder(self):
+    # -- the run folder and checkpoints ----------------------------------------------------------
+    def _open_metrics(self):
+        """Write config.json and open metrics.jsonl (a resumed run keeps the rows up to its
+        checkpoint and drops any written after it)."""
         if self.work_dir is None:
             return None
         self.work_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.work_dir / "config.json", self.run_config)
-        return open(self.work_dir / "metrics.jsonl", "w")
+        lines = [json.dumps(row) + "\n" for row in self.metrics]
+        tmp = self.work_dir / "metrics.jsonl.tmp"
+        tmp.write_text("".join(lines))
+        tmp.replace(self.work_dir / "metrics.jsonl")
+        return open(self.work_dir / "metrics.jsonl", "a")
 
-    def _save_checkpoint(self, iter_num: int) -> None:
-        if self.work_dir is not None:
-            checkpoint.save(self.work_dir, self.model, iter_num, extra={"val_loss": self.val_loss})
+    def _save_checkpoint(self, best: bool = False) -> None:
+        if self.work_dir is None:
+            return
+        rng_json, rng_tensors = checkpoint.rng_state()
+        state = {"val_loss": self.val_loss, "best_val": self.best_val if math.isfinite(self.best_val) else None,
+                 "train_seconds": self.train_seconds, "summary": self.summary, "rng": rng_json}
+        tensors = {**rng_tensors, "data.generator": self.generator.get_state()}
+        checkpoint.save(self.work_dir, self.model, self.iter_num, extra=state, optimizer=self.optimizer,
+                        tensors=tensors, keep_last=self.config.keep_last, best=best)
+
+    def _restore(self) -> None:
+        """Continue exactly where the latest checkpoint left off: weights, optimizer, iteration,
+        RNGs, data order, metrics."""
+        meta, folder = checkpoint.locate(self.work_dir)
+        checkpoint.load_weights(self.model, folder, self.device)
+        tensors = checkpoint.load_state(folder, self.optimizer)
+        self.generator.set_state(tensors["data.generator"])
+        checkpoint.set_rng_state(meta["rng"], tensors)
+        self.iter_num = meta["iter_num"]
+        self.val_loss = meta["val_loss"]
+        self.best_val = math.inf if meta["best_val"] is None else meta["best_val"]
+        self.train_seconds = meta["train_seconds"]
+        self.summary = meta["summary"]
+        rows = (self.work_dir / "metrics.jsonl").read_text().splitlines()
+        self.metrics = [row for row in map(json.loads, filter(None, rows)) if row["iter"] <= self.iter_num]
+        log.info(f"resuming from {folder} (iteration {self.iter_num})")
+
+
+def check_run_folder(work_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a new run over an old one by accident, and an unwritable folder early."""
+    holds_run = (work_dir / "config.json").exists() or (work_dir / checkpoint.LATEST_FILE).exists()
+    if resume:
+        if not (work_dir / checkpoint.LATEST_FILE).exists():
+            raise FileNotFoundError(f"nothing to resume: {str(work_dir)!r} has no checkpoint; "
+                                    f"start without --system.resume=true")
+    elif holds_run:
+        if not overwrite:
+            raise FileExistsError(f"{str(work_dir)!r} already holds a run; continue it with "
+                                  f"--system.resume=true, start over with --system.overwrite=true, "
+                                  f"or choose another --system.work_dir")
+        for name in ("checkpoints", checkpoint.LATEST_FILE, checkpoint.BEST_FILE, "metrics.jsonl",
+                     "summary.json", "loss.png"):
+            target = work_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        probe = work_dir / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(f"cannot write to {str(work_dir)!r} ({e.strerror}); choose another "
+                              f"--system.work_dir") from None
+
+
+@contextmanager
+def _signals_stop(trainer: Trainer):
+    """While training, SIGINT and SIGTERM ask the trainer to stop after the current iteration."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        trainer._signal = signum
+        trainer.stop()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 class _LogWindow:
@@ -250,16 +352,21 @@ class _LogWindow:
         self.start_iter = start_iter
         self.start_time = time.time()
         self.paused = 0.0  # seconds spent evaluating or in callbacks
-        self.loss_sum: torch.Tensor | float = 0.0
+        self.losses: list[torch.Tensor] = []  # one per iteration, still on the device
 
     def close(self, done: int, lr: float, tokens_per_iter: int, extra: dict) -> dict[str, Any]:
-        """The metrics row for iteration `done`; the loss is the mean over the window."""
+        """The metrics row for iteration `done`; the loss is the mean over the window. A NaN or
+        inf loss stops training here, before any checkpoint of the diverged model is saved."""
         iters = done - self.start_iter
         ms = 1000 * max(time.time() - self.start_time - self.paused, 1e-9) / iters
-        loss = float(self.loss_sum / iters)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"training diverged by iteration {done}: loss is {loss}; "
-                                     f"lower --trainer.learning_rate")
+        losses = torch.stack(self.losses).float().cpu()
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            first = int(bad[0])
+            raise FloatingPointError(f"training diverged at iteration {self.start_iter + first + 1}: "
+                                     f"the loss is {losses[first].item()}; the last good checkpoint is "
+                                     f"kept. Lower --trainer.learning_rate or raise --trainer.warmup_iters")
+        loss = losses.mean().item()
         return {"iter": done, "loss": loss, "lr": lr, "ms": ms,
                 "tokens_per_s": tokens_per_iter * 1000 / ms, **extra}
 

@@ -26,7 +26,7 @@ ENUMERATE_LIMIT = 10**6  # problem spaces up to this size are listed, larger one
 
 def get_config() -> CfgNode:
     C = CfgNode()
-    C.system = CfgNode(seed=3407, work_dir="out/adder")
+    C.system = CfgNode(seed=3407, work_dir="out/adder", resume=False, overwrite=False)
     C.data = AdditionProblems.get_default_config()
     C.model = GPT.get_default_config()
     C.model.model_type = "gpt-nano"
@@ -149,8 +149,8 @@ def main(config: CfgNode) -> dict:
     log.info(f"adder: {config.data.ndigit}-digit problems, {len(data.test)} held out for testing; "
              f"model with {model.num_params():,} parameters")
     trainer = Trainer(config.trainer, model, data, work_dir=config.system.work_dir,
-                      run_config=config.to_dict())
-    best = {"test_accuracy": 0.0}
+                      run_config=config.to_dict(),
+                      resume=config.system.resume, overwrite=config.system.overwrite)
 
     def grade(trainer: Trainer) -> None:
         done = trainer.iter_num + 1
@@ -158,8 +158,7 @@ def main(config: CfgNode) -> dict:
             return
         test_accuracy = accuracy(model, data, data.test)
         trainer.log(test_accuracy=test_accuracy)
-        best["test_accuracy"] = max(best["test_accuracy"], test_accuracy)
-        trainer.summary["test_accuracy"] = best["test_accuracy"]
+        trainer.summary["test_accuracy"] = max(trainer.summary.get("test_accuracy", 0.0), test_accuracy)
         log.info(f"iter {done}: loss {trainer.loss.item():.4f}, test accuracy {test_accuracy:.2%}")
         if test_accuracy == 1.0:
             log.info("the held-out test set is solved; stopping")

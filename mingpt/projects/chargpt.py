@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def get_config() -> CfgNode:
     C = CfgNode()
-    C.system = CfgNode(seed=3407, work_dir="out/chargpt")
+    C.system = CfgNode(seed=3407, work_dir="out/chargpt", resume=False, overwrite=False)
     C.data = CfgNode(input="", val_fraction=0.1)  # input: a file, 'shakespeare', or '' (built-in)
     C.model = GPT.get_default_config()
     C.model.model_type = "gpt-micro"  # 4 layers, 4 heads, 128 dims
@@ -67,7 +67,8 @@ def main(config: CfgNode) -> dict:
              f"{len(train.tokens):,} train / {len(val.tokens):,} val tokens; "
              f"model with {model.num_params():,} parameters")
     work_dir = Path(config.system.work_dir)
-    trainer = Trainer(config.trainer, model, train, val, work_dir=work_dir, run_config=config.to_dict())
+    trainer = Trainer(config.trainer, model, train, val, work_dir=work_dir, run_config=config.to_dict(),
+                      resume=config.system.resume, overwrite=config.system.overwrite)
     work_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save(work_dir)
     summary = trainer.run()

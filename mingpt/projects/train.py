@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 def get_config() -> CfgNode:
     C = CfgNode()
-    C.system = CfgNode(seed=3407, work_dir="out/train")
+    C.system = CfgNode(seed=3407, work_dir="out/train", resume=False, overwrite=False)
     C.data = CfgNode(dir="out/data")
     # a pretrained model to start from: 'gpt2' ... 'gpt2-xl', a Hugging Face GPT-2 folder, or a
     # mingpt run folder; '' trains a new model of the shape in `model`
@@ -79,6 +79,10 @@ def build_model(config: CfgNode, vocab_size: int) -> GPT:
     if model.config.vocab_size < vocab_size:
         raise ValueError(f"the data's tokenizer has {vocab_size} tokens but {config.init_from!r} "
                          f"knows only {model.config.vocab_size}; prepare the data with its tokenizer")
+    if config.model.block_size > model.config.block_size:
+        raise ValueError(f"model.block_size={config.model.block_size} is larger than the "
+                         f"{model.config.block_size} positions {config.init_from!r} was trained with; "
+                         f"use at most {model.config.block_size}")
     if config.model.block_size < model.config.block_size:
         model.crop_block_size(config.model.block_size)
     config.model.merge_from_dict(model.config.to_dict())  # record what was really trained
@@ -98,7 +102,8 @@ def main(config: CfgNode) -> dict:
     log.info(f"train: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens; "
              f"model with {model.num_params():,} parameters"
              + (f", from {config.init_from}" if config.init_from else ""))
-    trainer = Trainer(config.trainer, model, train, val, work_dir=work_dir, run_config=config.to_dict())
+    trainer = Trainer(config.trainer, model, train, val, work_dir=work_dir, run_config=config.to_dict(),
+                      resume=config.system.resume, overwrite=config.system.overwrite)
     work_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save(work_dir)
     summary = trainer.run()
