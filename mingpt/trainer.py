@@ -273,8 +273,10 @@ class Trainer:
         if self.work_dir is None:
             return
         rng_json, rng_tensors = checkpoint.rng_state()
-        state = {"val_loss": self.val_loss, "best_val": self.best_val if math.isfinite(self.best_val) else None,
-                 "train_seconds": self.train_seconds, "summary": self.summary, "rng": rng_json}
+        state = {"lr": self.lr_at(self.iter_num), "val_loss": self.val_loss,
+                 "best_val": self.best_val if math.isfinite(self.best_val) else None,
+                 "train_seconds": self.train_seconds, "summary": self.summary, "rng": rng_json,
+                 "run_config": self.run_config, "metrics": self.metrics}
         tensors = {**rng_tensors, "data.generator": self.generator.get_state()}
         checkpoint.save(self.work_dir, self.model, self.iter_num, extra=state, optimizer=self.optimizer,
                         tensors=tensors, keep_last=self.config.keep_last, best=best)
@@ -283,6 +285,10 @@ class Trainer:
         """Continue exactly where the latest checkpoint left off: weights, optimizer, iteration,
         RNGs, data order, metrics."""
         meta, folder = checkpoint.locate(self.work_dir)
+        changed = _changed_keys(meta["run_config"], json.loads(json.dumps(self.run_config)))
+        if changed:
+            log.warning(f"resuming with changed settings ({', '.join(changed)}): the run will not "
+                        f"match an uninterrupted one exactly")
         checkpoint.load_weights(self.model, folder, self.device)
         tensors = checkpoint.load_state(folder, self.optimizer)
         self.generator.set_state(tensors["data.generator"])
@@ -292,9 +298,21 @@ class Trainer:
         self.best_val = math.inf if meta["best_val"] is None else meta["best_val"]
         self.train_seconds = meta["train_seconds"]
         self.summary = meta["summary"]
-        rows = (self.work_dir / "metrics.jsonl").read_text().splitlines()
-        self.metrics = [row for row in map(json.loads, filter(None, rows)) if row["iter"] <= self.iter_num]
+        self.metrics = meta["metrics"]  # metrics.jsonl is rewritten from these: rows after the
+        # checkpoint (or a row cut short by a kill) are dropped, and the resumed run writes them anew
         log.info(f"resuming from {folder} (iteration {self.iter_num})")
+
+
+def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts (resume flags aside)."""
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b and key not in ("resume", "overwrite", "max_iters"):
+            changed.append(f"{prefix}{key}")
+    return changed
 
 
 def check_run_folder(work_dir: Path, resume: bool, overwrite: bool) -> None:

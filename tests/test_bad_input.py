@@ -98,6 +98,7 @@ def test_resuming_needs_a_checkpoint_and_the_same_architecture(tmp_path, trained
     status, err = run(capsys, "chargpt", f"--data.input={corpus}", f"--system.work_dir={trained}", *TINY,
                       "--system.resume=True", "--model.n_layer=2", "--trainer.max_iters=8")
     assert_one_clear_line(status, err, "does not fit this model")
+    assert "resuming with changed settings (model.n_layer)" in err
 
 
 def test_broken_checkpoints_are_refused_with_a_clear_line(trained, capsys):
