@@ -221,7 +221,7 @@ class Trainer:
                 metrics_file.close()
         if self._signal is not None:
             raise KeyboardInterrupt(f"stopped by signal {self._signal} after iteration {self.iter_num}"
-                                    + (f"; checkpoint saved, continue with --system.resume=true"
+                                    + ("; checkpoint saved, continue with --system.resume=true"
                                        if self.work_dir is not None else ""))
 
         self.summary = {

@@ -1,6 +1,5 @@
 """The Trainer: any (logits, loss) module, both kinds of dataset, the schedule, the run folder."""
 import json
-import math
 
 import pytest
 import torch

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 import torch
 
 from mingpt.data import CharTokenizer, TokenStream, load_corpus
 from mingpt.model import GPT
+from mingpt.projects.train import train_and_sample
 from mingpt.trainer import Trainer
 from mingpt.utils import CfgNode, set_seed, setup_logging
 
@@ -66,23 +66,7 @@ def main(config: CfgNode) -> dict:
     log.info(f"chargpt: {len(text):,} characters, vocabulary of {tokenizer.vocab_size}, "
              f"{len(train.tokens):,} train / {len(val.tokens):,} val tokens; "
              f"model with {model.num_params():,} parameters")
-    work_dir = Path(config.system.work_dir)
-    trainer = Trainer(config.trainer, model, train, val, work_dir=work_dir, run_config=config.to_dict(),
-                      resume=config.system.resume, overwrite=config.system.overwrite)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(work_dir)
-    summary = trainer.run()
-    log.info(f"best val loss {summary['val_loss']:.4f} after {summary['iters']} iterations in "
-             f"{summary['wall_s']:.1f} s ({summary['ms_per_iter']:.1f} ms/iter); "
-             f"run folder: {work_dir}")
-
-    s = config.sample
-    prompt = s.prompt or text[0]
-    model.eval()
-    idx = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=trainer.device)
-    out = model.generate(idx, s.max_new_tokens, temperature=s.temperature, do_sample=True, top_k=s.top_k)
-    print(tokenizer.decode(out[0]))
-    return summary
+    return train_and_sample(config, model, tokenizer, train, val)
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ def build_model(config: CfgNode, vocab_size: int) -> GPT:
 def main(config: CfgNode) -> dict:
     setup_logging()
     set_seed(config.system.seed)
-    data_dir, work_dir = Path(config.data.dir), Path(config.system.work_dir)
+    data_dir = Path(config.data.dir)
     meta = load_meta(data_dir)
     tokenizer = load_tokenizer(data_dir)
     model = build_model(config, tokenizer.vocab_size)
@@ -102,16 +102,22 @@ def main(config: CfgNode) -> dict:
     log.info(f"train: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens; "
              f"model with {model.num_params():,} parameters"
              + (f", from {config.init_from}" if config.init_from else ""))
+    return train_and_sample(config, model, tokenizer, train, val)
+
+
+def train_and_sample(config: CfgNode, model: GPT, tokenizer, train: TokenStream, val: TokenStream) -> dict:
+    """Train model into the run folder config.system.work_dir (which also keeps the tokenizer, for
+    `mingpt sample`), then print a sample of config.sample.max_new_tokens tokens."""
+    work_dir = Path(config.system.work_dir)
     trainer = Trainer(config.trainer, model, train, val, work_dir=work_dir, run_config=config.to_dict(),
                       resume=config.system.resume, overwrite=config.system.overwrite)
-    work_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save(work_dir)
     summary = trainer.run()
     log.info(f"best val loss {summary['val_loss']:.4f} after {summary['iters']} iterations in "
-             f"{summary['wall_s']:.1f} s; run folder: {work_dir}")
-    if config.sample.max_new_tokens > 0:
+             f"{summary['wall_s']:.1f} s ({summary['ms_per_iter']:.1f} ms/iter); run folder: {work_dir}")
+    s = config.sample
+    if s.max_new_tokens > 0:
         model.eval()
-        s = config.sample
         idx = torch.tensor([prompt_ids(tokenizer, s.prompt)], dtype=torch.long, device=trainer.device)
         out = model.generate(idx, s.max_new_tokens, temperature=s.temperature, do_sample=True, top_k=s.top_k)
         print(tokenizer.decode(out[0].tolist()))
