@@ -1,0 +1,161 @@
+"""GPU check (under 5 minutes on one GPU): GPT-2 124M training MFU and generation speed, and the
+Trainer's CUDA path end to end.
+
+    PYTHONPATH=. python3 benchmarks/gpu_check.py --out gpu_check.json
+
+1. peak: an 8192^3 bf16 matmul, timed with CUDA events (the MFU denominator, measured here).
+2. training: GPT-2 124M (12/12/768, block 1024), batch 16, bf16 autocast, fused AdamW, SDPA
+   (flash attention), eager and torch.compile'd; MFU = tokens/s * FLOPs/token / peak, with
+   FLOPs/token = 6 N + 12 L T C (N: parameters without the position embedding; PaLM appendix B).
+3. generation: 500 new tokens greedy at batch 1 (and 8) from a 16-token prompt, bf16 weights,
+   with the KV cache and without it.
+4. the Trainer on CUDA: `mingpt chargpt` (device auto), resumed, then `mingpt sample`.
+Prints a table and writes JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+from mingpt.model import GPT
+from mingpt.utils import CfgNode
+
+
+def cuda_time(fn, repeats: int) -> float:
+    """Mean seconds per call of fn over repeats, after the caller's warm-up."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1000 / repeats
+
+
+def matmul_peak() -> float:
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    return 2 * 8192**3 / cuda_time(lambda: a @ b, 10)
+
+
+def gpt2(block_size: int = 1024) -> GPT:
+    config = GPT.get_default_config()
+    config.model_type, config.vocab_size, config.block_size = "gpt2", 50257, block_size
+    config.embd_pdrop = config.resid_pdrop = config.attn_pdrop = 0.0
+    return GPT(config).cuda()
+
+
+def train_speed(compile_model: bool, peak: float, batch: int = 16, steps: int = 20) -> dict:
+    torch.manual_seed(0)
+    model = gpt2()
+    optimizer = model.configure_optimizers(CfgNode(learning_rate=6e-4, betas=(0.9, 0.95), weight_decay=0.1))
+    step_model = torch.compile(model) if compile_model else model
+    x = torch.randint(50257, (batch, 1024), device="cuda")
+    y = torch.randint(50257, (batch, 1024), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            _, loss = step_model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    t0 = time.time()
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    warmup_s = time.time() - t0
+    seconds = cuda_time(step, steps)
+    c = model.config
+    n = model.num_params() - model.transformer.wpe.weight.numel()
+    flops_per_token = 6 * n + 12 * c.n_layer * c.block_size * c.n_embd
+    tokens_per_s = batch * 1024 / seconds
+    return {"compile": compile_model, "batch": batch, "ms_per_iter": seconds * 1000,
+            "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops_per_token / peak,
+            "warmup_s": warmup_s, "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9}
+
+
+@torch.no_grad()
+def generation_speed(batch: int, use_cache: bool, new_tokens: int = 500) -> dict:
+    torch.manual_seed(0)
+    model = gpt2().to(torch.bfloat16).eval()
+    prompt = torch.randint(50257, (batch, 16), device="cuda")
+    model.generate(prompt, 8, use_cache=use_cache)  # warm-up
+    torch.cuda.synchronize()
+    t0 = time.time()
+    out = model.generate(prompt, new_tokens, use_cache=use_cache)
+    torch.cuda.synchronize()
+    seconds = time.time() - t0
+    assert out.shape == (batch, 16 + new_tokens)
+    return {"batch": batch, "cache": use_cache, "new_tokens": new_tokens,
+            "tokens_per_s": batch * new_tokens / seconds, "seconds": seconds}
+
+
+def trainer_on_cuda(out_dir: str) -> dict:
+    """The whole CUDA path through the CLI: train, checkpoint, resume, sample."""
+    work_dir = os.path.join(out_dir, "chargpt")
+    common = [sys.executable, "-m", "mingpt", "chargpt", f"--system.work_dir={work_dir}",
+              "--trainer.progress_bar=False", "--trainer.eval_interval=100", "--sample.max_new_tokens=50"]
+    runs = {}
+    for name, extra in (("train", ["--trainer.max_iters=300"]),
+                        ("resume", ["--trainer.max_iters=400", "--system.resume=True"])):
+        t0 = time.time()
+        result = subprocess.run(common + extra, capture_output=True, text=True)
+        runs[name] = {"returncode": result.returncode, "seconds": time.time() - t0,
+                      "stderr_tail": result.stderr[-600:]}
+    sample = subprocess.run([sys.executable, "-m", "mingpt", "sample", f"--system.work_dir={work_dir}",
+                             "--max_new_tokens=100", "--prompt=The "], capture_output=True, text=True)
+    runs["sample"] = {"returncode": sample.returncode, "text": sample.stdout[:200], "stderr_tail": sample.stderr[-300:]}
+    summary_file = os.path.join(work_dir, "summary.json")
+    if os.path.exists(summary_file):
+        runs["summary"] = json.load(open(summary_file))
+    return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "gpu_check.json"))
+    args = parser.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    result["peak_bf16_tflops"] = matmul_peak() / 1e12
+    peak = result["peak_bf16_tflops"] * 1e12
+    print(f"{result['device']}, torch {result['torch']}: bf16 matmul {result['peak_bf16_tflops']:.0f} TFLOP/s", flush=True)
+    result["train"] = []
+    for compile_model in (False, True):
+        row = train_speed(compile_model, peak)
+        result["train"].append(row)
+        print(f"train GPT-2 124M b16 T1024 bf16 {'compile' if compile_model else 'eager  '}: "
+              f"{row['ms_per_iter']:.1f} ms/iter, {row['tokens_per_s']:,.0f} tok/s, MFU {row['mfu']:.1%} "
+              f"(warm-up {row['warmup_s']:.1f} s, {row['peak_memory_gb']:.1f} GB)", flush=True)
+        torch.cuda.empty_cache()
+    result["generate"] = []
+    for batch, cache in ((1, True), (1, False), (8, True)):
+        row = generation_speed(batch, cache)
+        result["generate"].append(row)
+        print(f"generate 500 tokens, batch {batch}, {'KV cache' if cache else 'no cache'}: "
+              f"{row['tokens_per_s']:,.0f} tok/s", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        result["trainer_on_cuda"] = trainer_on_cuda(os.environ.get("OUT", tmp))
+    for name, run in result["trainer_on_cuda"].items():
+        if name != "summary":
+            print(f"mingpt {name} on CUDA: exit {run['returncode']}", flush=True)
+    print(json.dumps(result["trainer_on_cuda"].get("summary", {})))
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
