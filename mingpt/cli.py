@@ -18,6 +18,7 @@ JOBS = {
     "train": ("mingpt.projects.train", "train or fine-tune a GPT on prepared token files"),
     "words": ("mingpt.projects.words", "a BPE-level GPT on any text (prepare + train)"),
     "sample": ("mingpt.sample", "sample text from a trained run"),
+    "bench": ("mingpt.bench", "speed benchmarks: mingpt against Hugging Face and a reference loop"),
 }
 
 # errors a user can cause (a bad value, a missing file, no network): shown as one line

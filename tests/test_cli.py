@@ -81,3 +81,15 @@ def test_a_prompt_outside_the_vocabulary_is_refused(tmp_path, corpus):
     result = mingpt("sample", f"--system.work_dir={work_dir}", "--prompt=QUIZ")
     assert result.returncode == 1
     assert "not in this model's vocabulary: 'IQUZ'" in result.stderr
+
+
+def test_bench_prints_a_table_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    result = mingpt("bench", "--sizes=chargpt", "--warmup=1", "--repeats=2", "--generate=False",
+                    "--baselines=False", f"--out={out}")
+    assert result.returncode == 0, result.stderr
+    assert "chargpt   mingpt" in result.stdout and "MFU" in result.stdout
+    data = json.loads(out.read_text())
+    row = data["train"][0]
+    assert row["impl"] == "mingpt" and row["tokens_per_s"] > 0 and 0 < row["mfu"] < 2
+    assert data["peak_gflops"] > 0
