@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mingpt.utils import write_json_atomic
+
 log = logging.getLogger(__name__)
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -282,6 +284,10 @@ def prepare_corpus(inputs: list[Path], out_dir: Path, tokenizer, val_fraction: f
                 if eot is not None:
                     np.asarray([eot], dtype=dtype).tofile(files[split])
                     counts[split] += 1
+    except BaseException:  # a bad file, Ctrl-C...: leave no half-written token files behind
+        for t in tmp.values():
+            t.unlink(missing_ok=True)
+        raise
     finally:
         for f in files.values():
             f.close()
@@ -297,5 +303,5 @@ def prepare_corpus(inputs: list[Path], out_dir: Path, tokenizer, val_fraction: f
     meta = {"dtype": np.dtype(dtype).name, "vocab_size": tokenizer.vocab_size,
             "train_tokens": counts["train"], "val_tokens": counts["val"],
             "sources": [str(p) for p in inputs]}
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2))
+    write_json_atomic(out_dir / "meta.json", meta)
     return meta

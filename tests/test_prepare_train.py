@@ -112,3 +112,13 @@ def test_prepare_refuses_a_corpus_too_small_to_split(tmp_path):
                              f"--data.out_dir={tmp_path / 'out'}"], capture_output=True, text=True)
     assert result.returncode == 1 and "too small" in result.stderr
     assert not (tmp_path / "out" / "train.bin").exists()
+
+
+def test_a_bad_file_midway_leaves_no_half_written_token_files(tmp_path, corpus):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes("fine text\n".encode() * 200 + b"caf\xe9\n")  # found while streaming, after corpus.txt is encoded
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "mingpt", "prepare", f"--data.input={corpus},{bad}",
+                             f"--data.out_dir={out}"], capture_output=True, text=True)
+    assert result.returncode == 1 and "is not valid UTF-8" in result.stderr
+    assert not list(out.glob("*.bin*"))
