@@ -54,7 +54,8 @@ def main(config: CfgNode) -> str:
         pieces.append(piece)
         sys.stdout.write(piece)
         sys.stdout.flush()
-    sys.stdout.write("\n")
+    pieces.append(utf8.decode(b"", final=True))  # a character left incomplete at the end
+    sys.stdout.write(pieces[-1] + "\n")
     return "".join(pieces)
 
 
