@@ -52,6 +52,7 @@ class Trainer:
             eval_iters=50,  # batches per evaluation (None: the whole validation set)
             log_interval=10,  # iterations between rows of metrics.jsonl
             keep_last=2,  # checkpoints kept (saved every eval_interval; the best is kept too)
+            compile=None,  # torch.compile the training step: True, False, or None (on CUDA only)
             progress_bar=True,
         )
 
@@ -171,6 +172,11 @@ class Trainer:
         window = _LogWindow(self.iter_num)
         tokens_per_iter = 0
         model.train()
+        self._step_model = model
+        if c.compile or (c.compile is None and self.device.type == "cuda"):
+            # compiled once, on the first step (its cost is in summary.json as compile_s);
+            # evaluation keeps the plain module, whose last batch may have another shape
+            self._step_model = torch.compile(model)
         run_start = self.iter_time = time.time()
         progress = tqdm(total=c.max_iters, initial=self.iter_num, disable=not c.progress_bar,
                         mininterval=1.0, dynamic_ncols=True, desc="training")
@@ -181,6 +187,10 @@ class Trainer:
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr
                     self.loss, tokens_per_iter = self._step(batches)  # no host sync per step
+                    if self._step_model is not model and "compile_s" not in self.summary:
+                        # the first step compiles: report it apart, not as training time
+                        self.summary["compile_s"] = time.time() - self.iter_time
+                        window.paused += self.summary["compile_s"]
                     window.losses.append(self.loss)
                     now = time.time()
                     self.iter_dt, self.iter_time = now - self.iter_time, now
@@ -205,6 +215,7 @@ class Trainer:
                     save_due = save_due or self._stop_requested
                     if done % c.log_interval == 0 or self._pending or save_due:
                         row = window.close(done, lr, tokens_per_iter, self._pending)
+                        row["elapsed_s"] = time.time() - run_start
                         self.train_seconds += row["ms"] * (done - window.start_iter) / 1000
                         self._pending = {}
                         self.metrics.append(row)
@@ -245,7 +256,7 @@ class Trainer:
         loss_sum, tokens = torch.zeros((), device=self.device), 0
         for _ in range(c.grad_accum_steps):
             x, y = next(batches)
-            _, loss = self.model(x, y)
+            _, loss = self._step_model(x, y)
             (loss / c.grad_accum_steps).backward()
             loss_sum += loss.detach()
             tokens += x.numel()
@@ -411,6 +422,8 @@ def check_config(c: CfgNode) -> None:
         problems.append(f"trainer.grad_accum_steps={c.grad_accum_steps} must be >= 1")
     if c.max_iters is not None and c.max_iters < 0:
         problems.append(f"trainer.max_iters={c.max_iters} must be >= 0 (or None)")
+    if c.compile not in (None, True, False):
+        problems.append(f"trainer.compile={c.compile!r} must be True, False or None (on CUDA only)")
     if c.eval_interval < 1 or c.log_interval < 1:
         problems.append("trainer.eval_interval and trainer.log_interval must be >= 1")
     if problems:

@@ -158,3 +158,16 @@ def test_divergence_names_the_iteration_and_keeps_the_last_good_checkpoint(tmp_p
 def test_impossible_settings_are_refused(key, value, message):
     with pytest.raises(ValueError, match=message):
         Trainer(quick_config(**{key: value}), Bigram(7), pattern_stream())
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_and_reports_its_one_time_cost():
+    losses = {}
+    for compile_model in (False, True):
+        torch.manual_seed(0)
+        trainer = Trainer(quick_config(max_iters=10, compile=compile_model), tiny_gpt(vocab_size=7),
+                          pattern_stream())
+        summary = trainer.run()
+        losses[compile_model] = [row["loss"] for row in trainer.metrics]
+        assert ("compile_s" in summary) == compile_model
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
