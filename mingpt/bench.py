@@ -91,46 +91,39 @@ def train_steps(size: str, c: CfgNode) -> list[dict]:
     flops_per_token = None
     runs = []
 
-    def mingpt_step():
-        model = make_gpt(n_layer, n_head, n_embd, block_size)
-        optimizer = model.configure_optimizers(train_config)  # fused AdamW
-
+    def make_step(model, optimizer, next_batch, loss_of):
+        """A full training step: batch, forward, backward, clip, AdamW."""
         def step():
-            x, y = stream.get_batch(batch_size, generator)
-            _, loss = model(x, y)
+            x, y = next_batch()
+            loss = loss_of(model, x, y)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        return model, step
+        return step
 
-    def reference_step():
+    def next_stream_batch():
+        return stream.get_batch(batch_size, generator)
+
+    def gpt_loss(model, x, y):
+        return model(x, y)[1]
+
+    def mingpt_step():  # the Trainer's path: whole batches from one tensor, fused AdamW
+        model = make_gpt(n_layer, n_head, n_embd, block_size)
+        return model, make_step(model, model.configure_optimizers(train_config), next_stream_batch, gpt_loss)
+
+    def reference_step():  # the same model, one Python __getitem__ per example, foreach AdamW
         model = make_gpt(n_layer, n_head, n_embd, block_size)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), foreach=True)
         loader = iter(DataLoader(stream, batch_size=batch_size,
                                  sampler=RandomSampler(stream, replacement=True, num_samples=10**9)))
+        return model, make_step(model, optimizer, lambda: next(loader), gpt_loss)
 
-        def step():
-            x, y = next(loader)  # one Python __getitem__ per example
-            _, loss = model(x, y)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        return model, step
-
-    def hf_step():
+    def hf_step():  # transformers shifts the labels itself
         model = make_hf(n_layer, n_head, n_embd, block_size)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99))
-
-        def step():
-            x, y = stream.get_batch(batch_size, generator)
-            loss = model(input_ids=x, labels=x).loss  # HF shifts the labels itself
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        return model, step
+        return model, make_step(model, optimizer, next_stream_batch,
+                                lambda m, x, y: m(input_ids=x, labels=x).loss)
 
     candidates = [("mingpt", mingpt_step)]
     if c.baselines:

@@ -64,7 +64,7 @@ def start_and_kill(command, work_dir: Path, after_iteration: int, extra_delay: f
 
 def rows_without_timing(work_dir: Path) -> list[dict]:
     rows = [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k not in ("ms", "tokens_per_s")} for row in rows]
+    return [{k: v for k, v in row.items() if k not in ("ms", "tokens_per_s", "elapsed_s")} for row in rows]
 
 
 def final_tensors(work_dir: Path) -> dict[str, torch.Tensor]:
