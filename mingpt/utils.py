@@ -7,11 +7,13 @@ type is fixed by its default, so a typo or a wrong type is refused with a messag
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import logging
 import os
 import random
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -161,3 +163,29 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def cache_dir() -> Path:
+    """Where downloads are kept: $MINGPT_CACHE, else ~/.cache/mingpt."""
+    return Path(os.environ.get("MINGPT_CACHE", Path.home() / ".cache" / "mingpt"))
+
+
+def download(url: str, target: Path, what: str, fix: str, sha256: str | None = None) -> Path:
+    """Fetch url into target through a temporary name, so a failed download leaves nothing.
+
+    Offline (or on any network error) it raises ConnectionError naming `what` and `fix`; a file
+    whose sha256 is not the expected one is refused.
+    """
+    logging.getLogger("mingpt").info(f"downloading {what} to {target}")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            data = response.read()
+    except OSError as e:
+        raise ConnectionError(f"could not download {what} ({e}); {fix}") from None
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise ValueError(f"the downloaded {what} does not match its expected sha256; try again later")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(target)
+    return target
