@@ -129,7 +129,7 @@ class Trainer:
         else:
             sampler = RandomSampler(dataset, replacement=True, num_samples=int(1e10))
             batches = iter(DataLoader(dataset, sampler=sampler, batch_size=c.batch_size,
-                                      num_workers=c.num_workers, pin_memory=cuda))
+                                      num_workers=c.num_workers))
         for x, y in batches:
             if cuda:
                 x, y = x.pin_memory(), y.pin_memory()
@@ -173,7 +173,8 @@ class Trainer:
         tokens_per_iter = 0
         model.train()
         self._step_model = model
-        if c.compile or (c.compile is None and self.device.type == "cuda"):
+        compiling = bool(c.compile or (c.compile is None and self.device.type == "cuda"))
+        if compiling:
             # compiled once, on the first step (its cost is in summary.json as compile_s);
             # evaluation keeps the plain module, whose last batch may have another shape
             self._step_model = torch.compile(model)
@@ -187,10 +188,10 @@ class Trainer:
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr
                     self.loss, tokens_per_iter = self._step(batches)  # no host sync per step
-                    if self._step_model is not model and "compile_s" not in self.summary:
-                        # the first step compiles: report it apart, not as training time
+                    if compiling:  # the first step compiles: report it apart, not as training time
                         self.summary["compile_s"] = time.time() - self.iter_time
                         window.paused += self.summary["compile_s"]
+                        compiling = False
                     window.losses.append(self.loss)
                     now = time.time()
                     self.iter_dt, self.iter_time = now - self.iter_time, now
@@ -272,8 +273,7 @@ class Trainer:
         checkpoint and drops any written after it)."""
         if self.work_dir is None:
             return None
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.work_dir / "config.json", self.run_config)
+        write_json_atomic(self.work_dir / "config.json", self.run_config)  # (check_run_folder made the folder)
         lines = [json.dumps(row) + "\n" for row in self.metrics]
         tmp = self.work_dir / "metrics.jsonl.tmp"
         tmp.write_text("".join(lines))
