@@ -39,19 +39,35 @@ def cuda_time(fn, repeats: int) -> float:
     return start.elapsed_time(end) / 1000 / repeats
 
 
-def matmul_peak() -> float:
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+def matmul_peak(device: str = "cuda") -> float:
+    """FLOP/s of a large matmul, the MFU denominator: bf16 8192^3 on the current GPU; on the CPU
+    (smoke tests only) fp32 1024^3."""
+    n, dtype = (8192, torch.bfloat16) if device == "cuda" else (1024, torch.float32)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
-    return 2 * 8192**3 / cuda_time(lambda: a @ b, 10)
+    if device == "cuda":
+        return 2 * n**3 / cuda_time(lambda: a @ b, 10)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        a @ b
+    return 5 * 2 * n**3 / (time.perf_counter() - t0)
 
 
-def gpt2(block_size: int = 1024) -> GPT:
+def gpt2(block_size: int = 1024, device: str = "cuda") -> GPT:
     config = GPT.get_default_config()
     config.model_type, config.vocab_size, config.block_size = "gpt2", 50257, block_size
     config.embd_pdrop = config.resid_pdrop = config.attn_pdrop = 0.0
-    return GPT(config).cuda()
+    return GPT(config).to(device)
+
+
+def flops_per_token(model: GPT) -> int:
+    """Training FLOPs per token, 6 N + 12 L T C (N: parameters without the position embedding;
+    PaLM appendix B)."""
+    c = model.config
+    n = model.num_params() - model.transformer.wpe.weight.numel()
+    return 6 * n + 12 * c.n_layer * c.block_size * c.n_embd
 
 
 def train_speed(compile_model: bool, peak: float, batch: int = 16, steps: int = 20) -> dict:
@@ -76,12 +92,9 @@ def train_speed(compile_model: bool, peak: float, batch: int = 16, steps: int = 
     torch.cuda.synchronize()
     warmup_s = time.time() - t0
     seconds = cuda_time(step, steps)
-    c = model.config
-    n = model.num_params() - model.transformer.wpe.weight.numel()
-    flops_per_token = 6 * n + 12 * c.n_layer * c.block_size * c.n_embd
     tokens_per_s = batch * 1024 / seconds
     return {"compile": compile_model, "batch": batch, "ms_per_iter": seconds * 1000,
-            "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops_per_token / peak,
+            "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops_per_token(model) / peak,
             "warmup_s": warmup_s, "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9}
 
 

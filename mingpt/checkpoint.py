@@ -1,8 +1,9 @@
 """Checkpoints: tensors in safetensors, everything else in JSON. Nothing is ever unpickled.
 
 A run folder keeps its checkpoints as checkpoints/iter_NNNNNNN/ holding
-  model.safetensors   the model's weights
-  state.safetensors   the optimizer's tensors and the torch RNG / data-sampler states (training only)
+  model.safetensors   the model's weights, whole and fp32 (also of a run trained sharded or in bf16)
+  state.safetensors   the optimizer's tensors and the torch RNG / data-sampler states (training only;
+                      every rank's RNG states when several processes trained)
   checkpoint.json     model config, iteration, python/numpy RNG states, metrics, mingpt version
 and names the newest complete one in latest.json (the best by validation loss in best.json).
 A checkpoint is written into a temporary folder, fsync'ed, and renamed into place; only then does
@@ -16,7 +17,7 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -40,18 +41,21 @@ class CheckpointError(ValueError):
 
 def save(work_dir: str | Path, model: nn.Module, iter_num: int, extra: dict[str, Any] | None = None,
          optimizer: torch.optim.Optimizer | None = None, tensors: dict[str, torch.Tensor] | None = None,
-         keep_last: int = 2, best: bool = False) -> Path:
+         keep_last: int = 2, best: bool = False, weights: dict[str, torch.Tensor] | None = None,
+         optimizer_state: dict | None = None) -> Path:
     """Save a checkpoint of model (and optimizer, extra tensors) at iter_num; return its folder.
 
     `extra` holds anything JSON can carry; `tensors` any further tensors (e.g. RNG states).
-    With best=True, best.json names this checkpoint too, and pruning keeps it.
+    With best=True, best.json names this checkpoint too, and pruning keeps it. A sharded model
+    passes its gathered whole `weights` and `optimizer_state` (distributed.full_state), which are
+    saved instead of model's and optimizer's own: the checkpoint is the same as unsharded.
     """
     work_dir = Path(work_dir)
     final = work_dir / "checkpoints" / f"iter_{iter_num:07d}"
     if not final.exists():  # (an existing one holds this very iteration: keep it, it is complete)
         tmp = final.with_name(final.name + ".tmp")
         try:
-            _write(tmp, final, model, iter_num, extra, optimizer, tensors)
+            _write(tmp, final, model, iter_num, extra, optimizer, tensors, weights, optimizer_state)
         except (OSError, SafetensorError) as e:  # e.g. a full disk: the previous one stays latest
             shutil.rmtree(tmp, ignore_errors=True)
             raise OSError(f"could not save the checkpoint of iteration {iter_num} in "
@@ -66,15 +70,20 @@ def save(work_dir: str | Path, model: nn.Module, iter_num: int, extra: dict[str,
 
 
 def _write(tmp: Path, final: Path, model: nn.Module, iter_num: int, extra: dict[str, Any] | None,
-           optimizer: torch.optim.Optimizer | None, tensors: dict[str, torch.Tensor] | None) -> None:
+           optimizer: torch.optim.Optimizer | None, tensors: dict[str, torch.Tensor] | None,
+           weights: dict[str, torch.Tensor] | None, optimizer_state: dict | None) -> None:
     """Write a checkpoint into tmp, flush it to disk, and rename it to final."""
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_model(_unwrap(model), str(tmp / WEIGHTS_FILE))
+    if weights is None:
+        save_model(_unwrap(model), str(tmp / WEIGHTS_FILE))
+    else:
+        save_file(_without_tied_copies(weights, model), str(tmp / WEIGHTS_FILE))
     state_tensors = dict(tensors or {})
     optimizer_meta = None
     if optimizer is not None:
-        optimizer_meta, optimizer_tensors = _flatten_optimizer(optimizer)
+        sd = optimizer_state if optimizer_state is not None else optimizer.state_dict()
+        optimizer_meta, optimizer_tensors = _flatten_optimizer(sd)
         state_tensors.update(optimizer_tensors)
     if state_tensors:
         save_file(state_tensors, str(tmp / STATE_FILE))
@@ -126,8 +135,12 @@ def load_weights(model: nn.Module, folder: Path, device: str | torch.device = "c
                               f"it was saved from a different architecture or vocabulary") from None
 
 
-def load_state(folder: Path, optimizer: torch.optim.Optimizer | None = None) -> dict[str, torch.Tensor]:
-    """Restore the optimizer from a checkpoint folder; return its other tensors (RNG states...)."""
+def load_state(folder: Path, optimizer: torch.optim.Optimizer | None = None,
+               set_optimizer_state: Callable[[dict], None] | None = None) -> dict[str, torch.Tensor]:
+    """Restore the optimizer from a checkpoint folder; return its other tensors (RNG states...).
+
+    set_optimizer_state hands the optimizer its state dict where optimizer.load_state_dict cannot
+    (a sharded model: distributed.load_full_optimizer_state)."""
     path = folder / STATE_FILE
     refuse_pickle(path)
     try:
@@ -144,7 +157,7 @@ def load_state(folder: Path, optimizer: torch.optim.Optimizer | None = None) -> 
                 len(g["params"]) != len(o["params"]) for g, o in zip(groups, optimizer.param_groups)):
             raise CheckpointError(f"the optimizer state in {str(folder)!r} is for another model; "
                                   f"resume with the same configuration")
-        optimizer.load_state_dict({"state": state, "param_groups": groups})
+        (set_optimizer_state or optimizer.load_state_dict)({"state": state, "param_groups": groups})
     return tensors
 
 
@@ -180,6 +193,29 @@ def rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     return json_part, tensors
 
 
+def pack_rng_states(states: list[tuple[dict[str, Any], dict[str, torch.Tensor]]]
+                    ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Every rank's rng_state() in one (JSON part, tensor part): rank 0's under the names one
+    process uses, rank r's JSON under "rank{r}" and its tensors prefixed "rank{r}."."""
+    json_part, tensors = dict(states[0][0]), dict(states[0][1])
+    for rank, (json_r, tensors_r) in enumerate(states[1:], start=1):
+        json_part[f"rank{rank}"] = json_r
+        tensors.update({f"rank{rank}.{name}": t for name, t in tensors_r.items()})
+    return json_part, tensors
+
+
+def unpack_rng_state(json_part: dict[str, Any], tensors: dict[str, torch.Tensor], rank: int
+                     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    """Rank `rank`'s part of pack_rng_states' output, for set_rng_state (None if the run that
+    saved it had no such rank)."""
+    if rank == 0:
+        return json_part, tensors
+    if f"rank{rank}" not in json_part:
+        return None
+    prefix = f"rank{rank}."
+    return json_part[f"rank{rank}"], {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)}
+
+
 def set_rng_state(json_part: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
     version, mt, gauss = json_part["python"]
     random.setstate((version, tuple(mt), gauss))
@@ -192,15 +228,25 @@ def set_rng_state(json_part: dict[str, Any], tensors: dict[str, torch.Tensor]) -
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict, dict[str, torch.Tensor]]:
+def _flatten_optimizer(sd: dict) -> tuple[dict, dict[str, torch.Tensor]]:
     """An optimizer's state_dict as (JSON metadata, flat tensors named optimizer.<param>.<name>)."""
-    sd = optimizer.state_dict()
     tensors, names = {}, {}
     for i, entries in sd["state"].items():
         names[str(i)] = sorted(entries)
         for name, value in entries.items():
             tensors[f"optimizer.{i}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
     return {"state": names, "param_groups": sd["param_groups"]}, tensors
+
+
+def _without_tied_copies(weights: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """A state dict with one name per parameter that model shares under several names (GPT's tied
+    embedding and head): the name save_model keeps, the first in sorted order, so that both ways
+    of saving write the same file."""
+    names_of: dict[int, list[str]] = {}
+    for name, p in _unwrap(model).named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(p), []).append(name)
+    copies = {name for names in names_of.values() for name in sorted(names)[1:]}
+    return {name: t.contiguous() for name, t in weights.items() if name not in copies}
 
 
 def _read_json(path: Path) -> dict:

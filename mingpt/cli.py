@@ -7,8 +7,10 @@ every key with its default. A user's mistake ends in one line on stderr and exit
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
+from mingpt.distributed import env_rank
 from mingpt.utils import CfgNode, ConfigError
 
 JOBS = {
@@ -41,6 +43,17 @@ def config_help(job: str, config: CfgNode) -> str:
     return "\n".join(lines)
 
 
+def say(line: str) -> None:
+    """One line to stderr in one write, so that the lines of several processes do not interleave."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def prefix(job: str) -> str:
+    """'mingpt chargpt', and the rank under torchrun, where every process reports its own error."""
+    return f"mingpt {job}" + (f" (rank {env_rank()})" if "RANK" in os.environ else "")
+
+
 def run_job(job: str, args: list[str]) -> int:
     """Run one job with command-line overrides; returns the exit status."""
     debug = "--debug" in args
@@ -54,13 +67,13 @@ def run_job(job: str, args: list[str]) -> int:
         config.merge_from_args(args)
         module.main(config)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM: the Trainer saved a checkpoint first
-        print(f"mingpt {job}: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
+        say(f"{prefix(job)}: interrupted{': ' + str(e) if str(e) else ''}")
         return 130
     except USER_ERRORS as e:
         if debug:
             raise
         kind = "config error" if isinstance(e, ConfigError) else "error"
-        print(f"mingpt {job}: {kind}: {e}", file=sys.stderr)
+        say(f"{prefix(job)}: {kind}: {e}")
         return 2 if isinstance(e, ConfigError) else 1
     return 0
 

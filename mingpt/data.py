@@ -49,11 +49,13 @@ class TokenStream:
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return tuple(t[0] for t in self._cut(torch.tensor([i])))
 
-    def get_batch(self, batch_size: int, generator: torch.Generator | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A random batch: x, y of shape (batch_size, block_size)."""
+    def get_batch(self, batch_size: int, generator: torch.Generator | None = None,
+                  rows: slice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random batch: x, y of shape (batch_size, block_size). With rows, only those rows of it
+        are cut (the others are drawn, not read): processes that share one generator each take
+        their own part of the same batch."""
         starts = torch.randint(len(self), (batch_size,), generator=generator)
-        return self._cut(starts)
+        return self._cut(starts if rows is None else starts[rows])
 
     def eval_batches(self, batch_size: int, max_batches: int | None = None
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -7,6 +7,7 @@ type is fixed by its default, so a typo or a wrong type is refused with a messag
 from __future__ import annotations
 
 import ast
+import ctypes
 import hashlib
 import json
 import logging
@@ -19,6 +20,8 @@ from typing import Any, Iterable
 
 import numpy as np
 import torch
+
+from mingpt.distributed import env_rank
 
 
 class ConfigError(ValueError):
@@ -114,7 +117,8 @@ def _checked_value(dotted: str, current: Any, value: Any) -> Any:
     """Return value if it fits the type of the default `current`, else raise ConfigError.
 
     A default of None accepts anything; an int is accepted (and converted) where a float is
-    expected; a string default accepts only strings; a bool default accepts only booleans.
+    expected; a string default accepts only strings; a bool default accepts only booleans (and
+    'true' / 'false', as the messages write them: --system.resume=true).
     """
     if current is None or value is None:
         return value
@@ -122,6 +126,8 @@ def _checked_value(dotted: str, current: Any, value: Any) -> Any:
     if expected is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
     elif expected is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -144,13 +150,35 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory for reuse instead of returning it to the kernel.
+
+    A training step frees and re-allocates the same large activation buffers every iteration.
+    By default glibc gives blocks above its mmap threshold (128 KiB, adapting up to 32 MiB) back
+    to the kernel, which must then fault in and zero every page again on the next step: about
+    30,000 page faults per step at 6 layers x 384 dims. Pinning the threshold at 32 MiB and never
+    trimming the heap keeps them (benchmarks/RESULTS.md has the effect). The process keeps its
+    peak memory until it exits, as it would with jemalloc or tcmalloc. Linux/glibc only; returns
+    whether it applied.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (e.g. musl)
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    return bool(libc.mallopt(m_mmap_threshold, 32 * 2**20)) and bool(libc.mallopt(m_trim_threshold, 2**30))
+
+
 def setup_logging(level: int = logging.INFO) -> None:
-    """Send mingpt's log records to stderr as plain lines (the CLI calls this once)."""
+    """Send mingpt's log records to stderr as plain lines (the CLI calls this once). Under
+    torchrun only rank 0 logs below WARNING, so that every line is not printed once per process."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger("mingpt")
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(level if env_rank() == 0 else max(level, logging.WARNING))
     root.propagate = False
 
 

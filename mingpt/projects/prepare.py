@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mingpt.bpe import BPETokenizer, train_bpe
 from mingpt.data import CharTokenizer, corpus_path, prepare_corpus, read_pieces
+from mingpt.distributed import run_together
 from mingpt.utils import CfgNode, setup_logging
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,12 @@ def main(config: CfgNode) -> dict:
     inputs = [corpus_path(name.strip()) for name in names]
     if not 0.0 < config.data.val_fraction < 1.0:
         raise ValueError(f"data.val_fraction={config.data.val_fraction} must be between 0 and 1")
-    tokenizer = make_tokenizer(config.tokenizer, inputs)
-    meta = prepare_corpus(inputs, Path(config.data.out_dir), tokenizer, config.data.val_fraction)
+    # under torchrun (e.g. `mingpt words`) one process writes the files and the others wait
+    meta = run_together(lambda: prepare_corpus(inputs, Path(config.data.out_dir),
+                                               make_tokenizer(config.tokenizer, inputs),
+                                               config.data.val_fraction), main_only=True)
+    if meta is None:  # (a rank that only waited for rank 0)
+        return {}
     log.info(f"prepared {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens "
              f"({meta['dtype']}, vocabulary of {meta['vocab_size']:,}) in {config.data.out_dir}")
     return meta

@@ -111,7 +111,8 @@ def train_and_sample(config: CfgNode, model: GPT, tokenizer, train: TokenStream,
     work_dir = Path(config.system.work_dir)
     trainer = Trainer(config.trainer, model, train, val, work_dir=work_dir, run_config=config.to_dict(),
                       resume=config.system.resume, overwrite=config.system.overwrite)
-    tokenizer.save(work_dir)
+    if trainer.is_main:
+        tokenizer.save(work_dir)
     summary = trainer.run()
     log.info(f"best val loss {summary['val_loss']:.4f} after {summary['iters']} iterations in "
              f"{summary['wall_s']:.1f} s ({summary['ms_per_iter']:.1f} ms/iter); run folder: {work_dir}")
@@ -119,8 +120,10 @@ def train_and_sample(config: CfgNode, model: GPT, tokenizer, train: TokenStream,
     if s.max_new_tokens > 0:
         model.eval()
         idx = torch.tensor([prompt_ids(tokenizer, s.prompt)], dtype=torch.long, device=trainer.device)
+        # (under FSDP every rank must take part in generating; one prints)
         out = model.generate(idx, s.max_new_tokens, temperature=s.temperature, do_sample=True, top_k=s.top_k)
-        print(tokenizer.decode(out[0].tolist()))
+        if trainer.is_main:
+            print(tokenizer.decode(out[0].tolist()))
     return summary
 
 

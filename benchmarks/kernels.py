@@ -1,0 +1,147 @@
+"""The measurements behind mingpt's kernel choices on the CPU, side by side in one run.
+
+    python benchmarks/kernels.py                      # prints a table, writes benchmarks/kernels.json
+
+1. Attention, forward + backward at the two benchmark shapes: SDPA's fused kernel (what the model
+   uses) against the same maths written out (q k^T, mask, softmax, @ v) and SDPA's math backend.
+2. GELU forward + backward on the chargpt MLP's activations: GPT-2's tanh approximation (what
+   the model uses) against the erf GELU, to show what PyTorch's vectorised tanh costs here.
+3. Decoding's matrix-vector products: the 24 weight matrices of the 6/6/384 model times one
+   vector, with the default BLAS (F.linear) and with oneDNN (what Linear uses when decoding), at 1
+   and 2 threads.
+4. torch.compile of the chargpt training step against eager, with its one-time compile cost.
+Each row is the median of several rounds in which the variants take turns.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp())  # a cold compile, as on a first run
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from mingpt.bench import SIZES, make_gpt  # noqa: E402
+from mingpt.data import TokenStream  # noqa: E402
+from mingpt.utils import CfgNode, keep_freed_memory  # noqa: E402
+
+
+def take_turns(variants: dict[str, Callable[[], object]], rounds: int, warmup: int = 3) -> dict[str, float]:
+    """Median milliseconds of each variant, timed in turns."""
+    for _ in range(warmup):
+        for fn in variants.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: 1000 * statistics.median(t) for name, t in times.items()}
+
+
+def attention(size: str, rounds: int) -> list[dict]:
+    n_layer, n_head, n_embd, block_size, batch_size, _ = SIZES[size]
+    q, k, v = (torch.randn(batch_size, n_head, block_size, n_embd // n_head, requires_grad=True)
+               for _ in range(3))
+    future = torch.ones(block_size, block_size, dtype=torch.bool).triu(1)
+
+    def fused():
+        F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
+
+    def by_hand():
+        scores = (q @ k.transpose(-2, -1)) * q.size(-1) ** -0.5
+        (scores.masked_fill(future, float("-inf")).softmax(dim=-1) @ v).sum().backward()
+
+    def math_backend():
+        with sdpa_kernel(SDPBackend.MATH):
+            F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
+
+    ms = take_turns({"SDPA (fused CPU kernel)": fused, "written out": by_hand,
+                     "SDPA math backend": math_backend}, rounds)
+    return [{"what": f"attention fwd+bwd, one layer, {size}", "variant": name, "ms": t} for name, t in ms.items()]
+
+
+def gelu(rounds: int) -> list[dict]:
+    n_layer, n_head, n_embd, block_size, batch_size, _ = SIZES["chargpt"]
+    x = torch.randn(batch_size * block_size, 4 * n_embd, requires_grad=True)
+    ms = take_turns({"tanh approximation (GPT-2)": lambda: F.gelu(x, approximate="tanh").sum().backward(),
+                     "erf (exact GELU)": lambda: F.gelu(x).sum().backward()}, rounds)
+    return [{"what": f"GELU fwd+bwd, {x.numel():,} values (one chargpt MLP)", "variant": name, "ms": t}
+            for name, t in ms.items()]
+
+
+@torch.no_grad()
+def matvec(rounds: int) -> list[dict]:
+    n_embd = SIZES["mini-256"][2]
+    shapes = [(3 * n_embd, n_embd), (n_embd, n_embd), (4 * n_embd, n_embd), (n_embd, 4 * n_embd)] * 6
+    weights = [(torch.randn(*s), torch.randn(s[0]), torch.randn(1, 1, s[1])) for s in shapes]
+    megabytes = sum(w.numel() for w, _, _ in weights) * 4 / 1e6
+    rows, default_threads = [], torch.get_num_threads()
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        ms = take_turns({
+            "default BLAS (F.linear)": lambda: [F.linear(x, w, b) for w, b, x in weights],
+            "oneDNN": lambda: [torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "") for w, b, x in weights],
+        }, rounds)
+        rows += [{"what": f"decoding matvecs, 6/6/384 ({megabytes:.0f} MB of weights), {threads} thread(s)",
+                  "variant": name, "ms": t, "GB_per_s": megabytes / t} for name, t in ms.items()]
+    torch.set_num_threads(default_threads)
+    return rows
+
+
+def compiled_step(rounds: int) -> list[dict]:
+    n_layer, n_head, n_embd, block_size, batch_size, _ = SIZES["chargpt"]
+    stream = TokenStream(torch.randint(65, (200_000,)), block_size)
+    generator = torch.Generator().manual_seed(0)
+    model = make_gpt(n_layer, n_head, n_embd, block_size)
+    optimizer = model.configure_optimizers(CfgNode(learning_rate=1e-3, betas=(0.9, 0.99), weight_decay=0.1))
+    compiled = torch.compile(model)
+
+    def step_of(forward):
+        def step():
+            x, y = stream.get_batch(batch_size, generator)
+            forward(x, y)[1].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return step
+
+    t0 = time.perf_counter()
+    step_of(compiled)()
+    compile_s = time.perf_counter() - t0
+    ms = take_turns({"eager": step_of(model), "torch.compile": step_of(compiled)}, rounds)
+    return [{"what": "chargpt training step", "variant": name, "ms": t,
+             **({"compile_s": compile_s} if name == "torch.compile" else {})} for name, t in ms.items()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "kernels.json"))
+    args = parser.parse_args()
+    keep_freed_memory()
+    torch.manual_seed(0)
+    rows = attention("chargpt", 5 * args.rounds) + attention("mini-256", args.rounds // 4)
+    rows += gelu(5 * args.rounds) + matvec(args.rounds) + compiled_step(5 * args.rounds)
+    print(f"\n{'what':62s} {'variant':26s} {'ms':>9s}")
+    for r in rows:
+        extra = f"  {r['GB_per_s']:.1f} GB/s" if "GB_per_s" in r else ""
+        extra += f"  (compile {r['compile_s']:.1f} s)" if "compile_s" in r else ""
+        print(f"{r['what']:62s} {r['variant']:26s} {r['ms']:9.2f}{extra}")
+    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

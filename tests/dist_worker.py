@@ -1,0 +1,79 @@
+"""Runs under torchrun for tests/test_distributed.py: trains tiny GPTs as one job of 2 CPU processes
+(gloo) and leaves the results in OUT for the tests to compare with single-process runs.
+
+    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/dist_worker.py OUT
+
+The tests build their single-process runs with the same tiny_run(), so only the number of
+processes differs.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_model
+
+from conftest import tiny_gpt
+from mingpt import distributed
+from mingpt.data import TokenStream
+from mingpt.trainer import Trainer
+
+STEPS, BATCH = 6, 4  # k optimizer steps; b examples per process (the single process takes 2b)
+
+
+def tiny_run(work_dir: Path | None = None, resume: bool = False, **overrides) -> Trainer:
+    """A Trainer for a tiny GPT (2 layers, 32 dims, block 16) on a learnable cycle of 7 tokens,
+    seeded alike everywhere; the default lr (3e-4) without decay, so that runs cut short and
+    resumed match straight ones."""
+    torch.manual_seed(0)
+    model = tiny_gpt(vocab_size=11)
+    data = TokenStream(torch.arange(4000) % 7, 16)
+    c = Trainer.get_default_config()
+    c.device, c.max_iters, c.batch_size, c.lr_decay = "cpu", STEPS, BATCH, False
+    c.progress_bar, c.log_interval, c.eval_interval, c.eval_iters = False, 1, 3, 2
+    c.merge_from_dict(overrides)
+    return Trainer(c, model, data, data, work_dir=work_dir, resume=resume)
+
+
+def overflow_in_one_shard() -> list[tuple[bool, float]] | None:
+    """FSDP2 in fp16 with an inf planted in rank 1's gradient shard only: (did the rank skip the
+    step, its loss scale after it), on rank 0 for every rank."""
+    trainer = tiny_run(fsdp=True, dtype="fp16", max_iters=1)
+    trainer.run()
+    model, scaler, optimizer = trainer.model, trainer.scaler, trainer.optimizer
+    model.reshard()  # (an evaluation's forward leaves the root's weights gathered)
+    before = [p.detach().to_local().clone() for p in model.parameters()]
+    x = torch.arange(16)[None] % 7
+    with trainer._autocast():
+        _, loss = model(x, x)
+    scaler.scale(loss).backward()
+    if trainer.place.rank == 1:
+        next(model.parameters()).grad.to_local().view(-1)[0] = float("inf")
+    scaler.unscale_(optimizer)
+    scaler.step(optimizer)
+    scaler.update()
+    skipped = all(torch.equal(a, p.detach().to_local()) for a, p in zip(before, model.parameters()))
+    return distributed.gather((skipped, scaler.get_scale()))
+
+
+def main(out: Path) -> None:
+    torch.set_num_threads(1)
+    runs = {"ddp": {}, "ddp_accum": {"batch_size": BATCH // 2, "grad_accum_steps": 2}}
+    for name, overrides in runs.items():
+        trainer = tiny_run(**overrides)
+        trainer.run()
+        if trainer.is_main:
+            save_model(trainer.model, str(out / f"{name}.safetensors"))
+    tiny_run(out / "fsdp", fsdp=True).run()  # checkpoints at 3 and 6
+    tiny_run(out / "fsdp_resumed", fsdp=True, max_iters=STEPS // 2).run()
+    tiny_run(out / "fsdp_resumed", resume=True, fsdp=True).run()
+    tiny_run(out / "fsdp_bf16", fsdp=True, dtype="bf16").run()
+    overflow = overflow_in_one_shard()
+    if overflow is not None:
+        (out / "fp16_overflow.json").write_text(json.dumps(overflow))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
