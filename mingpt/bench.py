@@ -22,7 +22,6 @@ import json
 import logging
 import multiprocessing
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -174,9 +173,18 @@ def _serve(conn, build: str, kwargs: dict, keep_memory: bool, threads: int) -> N
         keep_freed_memory()
     fn = {"training_step": training_step, "generation": generation}[build](**kwargs)
     while conn.recv():
-        faults, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+        faults, t0 = page_faults(), time.perf_counter()
         fn()
-        conn.send((time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults))
+        conn.send((time.perf_counter() - t0, page_faults() - faults))
+
+
+def page_faults() -> int:
+    """Page faults of this process so far (0 where the OS does not count them, e.g. Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def timed_rounds(workers: dict[str, Worker], warmup: int, rounds: int) -> dict[str, dict]:

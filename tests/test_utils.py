@@ -1,4 +1,9 @@
-"""CfgNode: nested sections, overrides from the command line, and refusals of bad keys/types."""
+"""utils: CfgNode (nested sections, command-line overrides, refusals of bad keys/types) and
+keep_freed_memory."""
+import platform
+import subprocess
+import sys
+
 import pytest
 
 from mingpt.utils import CfgNode, ConfigError
@@ -82,3 +87,28 @@ def test_str_is_readable_and_nested():
     text = str(make_config())
     assert "system:\n    seed: 3407" in text
     assert "trainer:\n" in text and "    batch_size: 64" in text
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="keep_freed_memory tunes glibc's malloc: Linux with glibc only")
+def test_keep_freed_memory_stops_most_page_faults_of_a_training_step():
+    """Ten chargpt training steps after ten of warm-up, in a fresh process each: with glibc's
+    defaults freed activations go back to the kernel and fault in again (thousands of faults);
+    kept, almost none (the bench measures 736 vs 0 per step)."""
+    script = """
+import resource, sys
+from mingpt.bench import training_step
+from mingpt.utils import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+step = training_step("chargpt", seed=0)
+for _ in range(10):
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+    faults = {mode: int(subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
+                                       check=True).stdout) for mode in ("default", "keep")}
+    assert faults["default"] > 1000 and faults["keep"] * 10 < faults["default"], faults
