@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from mingpt.bench import flops_per_token
 from mingpt.model import GPT
 from mingpt.utils import CfgNode
 
@@ -60,14 +61,6 @@ def gpt2(block_size: int = 1024, device: str = "cuda") -> GPT:
     config.model_type, config.vocab_size, config.block_size = "gpt2", 50257, block_size
     config.embd_pdrop = config.resid_pdrop = config.attn_pdrop = 0.0
     return GPT(config).to(device)
-
-
-def flops_per_token(model: GPT) -> int:
-    """Training FLOPs per token, 6 N + 12 L T C (N: parameters without the position embedding;
-    PaLM appendix B)."""
-    c = model.config
-    n = model.num_params() - model.transformer.wpe.weight.numel()
-    return 6 * n + 12 * c.n_layer * c.block_size * c.n_embd
 
 
 def train_speed(compile_model: bool, peak: float, batch: int = 16, steps: int = 20) -> dict:

@@ -30,9 +30,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from mingpt.bench import SIZES, make_gpt  # noqa: E402
-from mingpt.data import TokenStream  # noqa: E402
-from mingpt.utils import CfgNode, keep_freed_memory  # noqa: E402
+from mingpt.bench import SIZES, training_step  # noqa: E402
+from mingpt.utils import keep_freed_memory  # noqa: E402
 
 
 def take_turns(variants: dict[str, Callable[[], object]], rounds: int, warmup: int = 3) -> dict[str, float]:
@@ -100,26 +99,12 @@ def matvec(rounds: int) -> list[dict]:
 
 
 def compiled_step(rounds: int) -> list[dict]:
-    n_layer, n_head, n_embd, block_size, batch_size, _ = SIZES["chargpt"]
-    stream = TokenStream(torch.randint(65, (200_000,)), block_size)
-    generator = torch.Generator().manual_seed(0)
-    model = make_gpt(n_layer, n_head, n_embd, block_size)
-    optimizer = model.configure_optimizers(CfgNode(learning_rate=1e-3, betas=(0.9, 0.99), weight_decay=0.1))
-    compiled = torch.compile(model)
-
-    def step_of(forward):
-        def step():
-            x, y = stream.get_batch(batch_size, generator)
-            forward(x, y)[1].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        return step
-
+    eager = training_step("chargpt", seed=0)
+    compiled = training_step("chargpt", seed=0, compile_model=True)
     t0 = time.perf_counter()
-    step_of(compiled)()
+    compiled()
     compile_s = time.perf_counter() - t0
-    ms = take_turns({"eager": step_of(model), "torch.compile": step_of(compiled)}, rounds)
+    ms = take_turns({"eager": eager, "torch.compile": compiled}, rounds)
     return [{"what": "chargpt training step", "variant": name, "ms": t,
              **({"compile_s": compile_s} if name == "torch.compile" else {})} for name, t in ms.items()]
 

@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_check import flops_per_token, gpt2, matmul_peak  # noqa: E402
+from gpu_check import gpt2, matmul_peak  # noqa: E402
 
 from mingpt import distributed  # noqa: E402
+from mingpt.bench import flops_per_token  # noqa: E402
 from mingpt.data import TokenStream  # noqa: E402
 from mingpt.model import GPT  # noqa: E402
 from mingpt.trainer import Trainer  # noqa: E402

@@ -89,13 +89,23 @@ def make_hf(n_layer: int, n_head: int, n_embd: int, block_size: int):
     return GPT2LMHeadModel(config)
 
 
+def flops_per_token(model: GPT) -> int:
+    """Training FLOPs per token, 6 N + 12 L T C: N counts the parameters without the position
+    embedding (a lookup, not a matmul), 12 L T C the attention's score and value products
+    (PaLM, appendix B)."""
+    c = model.config
+    n = model.num_params() - model.transformer.wpe.weight.numel()
+    return 6 * n + 12 * c.n_layer * c.block_size * c.n_embd
+
+
 def training_step(size: str, seed: int, hf: bool = False, loader: bool = False, fused: bool = True,
-                  read_loss: bool = False) -> Callable[[], None]:
+                  read_loss: bool = False, compile_model: bool = False) -> Callable[[], None]:
     """One full training step (batch, forward, backward, clip, AdamW) at this size.
 
-    mingpt's Trainer path is the default; each flag undoes one of its speed-ups: hf (Hugging
-    Face's model), loader (a DataLoader calling __getitem__ per example instead of whole batches
-    cut from one tensor), fused=False (foreach AdamW), read_loss (a host sync every step).
+    mingpt's Trainer path on the CPU is the default; each flag undoes one of its speed-ups: hf
+    (Hugging Face's model), loader (a DataLoader calling __getitem__ per example instead of whole
+    batches cut from one tensor), fused=False (foreach AdamW), read_loss (a host sync every step).
+    compile_model runs the model through torch.compile (the first call compiles).
     """
     n_layer, n_head, n_embd, block_size, batch_size, _ = SIZES[size]
     torch.manual_seed(seed)
@@ -112,9 +122,11 @@ def training_step(size: str, seed: int, hf: bool = False, loader: bool = False, 
         generator = torch.Generator().manual_seed(seed)
         next_batch = lambda: stream.get_batch(batch_size, generator)  # noqa: E731
 
+    forward = torch.compile(model) if compile_model else model
+
     def step():
         x, y = next_batch()
-        loss = model(input_ids=x, labels=x).loss if hf else model(x, y)[1]  # transformers shifts labels itself
+        loss = forward(input_ids=x, labels=x).loss if hf else forward(x, y)[1]  # transformers shifts labels itself
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -222,14 +234,13 @@ def train_benchmark(size: str, c: CfgNode) -> list[dict]:
     workers = {name: Worker("training_step", {"size": size, "seed": c.seed, **flags}, keep)
                for name, (flags, keep) in variants.items()}
     times = timed_rounds(workers, c.warmup, c.repeats or default_repeats)
-    n = make_gpt(n_layer, n_head, n_embd, block_size).num_params() - block_size * n_embd
-    flops_per_token = 6 * n + 12 * n_layer * block_size * n_embd
+    flops = flops_per_token(make_gpt(n_layer, n_head, n_embd, block_size))
     rows = []
     for name, t in times.items():
         rows.append({"size": size, "impl": name, "ms_per_iter": 1000 * t["median"],
                      "ms_min": 1000 * t["min"], "ms_max": 1000 * t["max"],
                      "tokens_per_s": batch_size * block_size / t["median"],
-                     "flops_per_token": flops_per_token, "page_faults_per_step": t["page_faults"]})
+                     "flops_per_token": flops, "page_faults_per_step": t["page_faults"]})
         log.info(f"  {size:9s} {name:32s} {1000 * t['median']:8.1f} ms/iter")
     return rows
 

@@ -151,13 +151,13 @@ def builtin_corpus() -> str:
     return "\n\n".join(topics[key] for key in sorted(topics))
 
 
-def tiny_shakespeare() -> str:
-    """Tiny Shakespeare (1.1 MB), downloaded once into the cache folder."""
+def tiny_shakespeare_path() -> Path:
+    """The file of Tiny Shakespeare (1.1 MB), downloaded once into the cache folder."""
     path = cache_dir() / "tinyshakespeare.txt"
     if not path.exists():
         download(SHAKESPEARE_URL, path, "Tiny Shakespeare",
                  "connect to the internet, or save it yourself and pass --data.input=PATH")
-    return read_text(path)
+    return path
 
 
 def corpus_path(name_or_path: str) -> Path:
@@ -172,8 +172,7 @@ def corpus_path(name_or_path: str) -> Path:
             tmp.replace(path)
         return path
     if name_or_path == "shakespeare" and not Path(name_or_path).exists():
-        tiny_shakespeare()
-        return cache_dir() / "tinyshakespeare.txt"
+        return tiny_shakespeare_path()
     return Path(name_or_path)
 
 
@@ -182,7 +181,7 @@ def load_corpus(name_or_path: str) -> str:
     if name_or_path == "":
         return builtin_corpus()
     if name_or_path == "shakespeare" and not Path(name_or_path).exists():
-        return tiny_shakespeare()
+        return read_text(tiny_shakespeare_path())
     return read_text(name_or_path)
 
 

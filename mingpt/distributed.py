@@ -127,19 +127,16 @@ def no_sync(model: nn.Module, skip: bool) -> ContextManager:
 
 
 # -- agreeing and exchanging ---------------------------------------------------------------------------
-def mean(tensor: torch.Tensor) -> torch.Tensor:
-    """The mean of tensor over the ranks (tensor itself in one process)."""
-    if not _active():
-        return tensor
-    dist.all_reduce(tensor)
-    return tensor / dist.get_world_size()
-
-
 def total(tensor: torch.Tensor) -> torch.Tensor:
     """The sum of tensor over the ranks, in place (tensor itself in one process)."""
     if _active():
         dist.all_reduce(tensor)
     return tensor
+
+
+def mean(tensor: torch.Tensor) -> torch.Tensor:
+    """The mean of tensor over the ranks (tensor itself in one process)."""
+    return total(tensor) / dist.get_world_size() if _active() else tensor
 
 
 def max_over_ranks(*values: int) -> list[int]:
