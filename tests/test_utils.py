@@ -91,24 +91,37 @@ def test_str_is_readable_and_nested():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
                     reason="keep_freed_memory tunes glibc's malloc: Linux with glibc only")
-def test_keep_freed_memory_stops_most_page_faults_of_a_training_step():
-    """Ten chargpt training steps after ten of warm-up, in a fresh process each: with glibc's
-    defaults freed activations go back to the kernel and fault in again (thousands of faults);
-    kept, almost none (the bench measures 736 vs 0 per step)."""
+def test_keep_freed_memory_stops_the_page_faults_of_reallocated_buffers():
+    """What a training step does to the heap, in fresh processes: a hundred 1 MB buffers made and
+    all freed, 10 times. With glibc's defaults the freed top of the heap (100 MB, above any trim
+    threshold glibc adapts to) goes back to the kernel and every page faults in again on the next
+    round (about 250,000 faults), unless some small allocation happens to sit above the buffers
+    and pins the heap's top (about half the processes here, by the luck of the layout: so up to 8
+    are tried). Kept, no process faults. (A whole training step shows the same, 736 vs 0 faults
+    per step in the bench, but with bursts from the OS that make it a poor test.)"""
     script = """
-import resource, sys
-from mingpt.bench import training_step
+import resource, sys, torch
 from mingpt.utils import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
-step = training_step("chargpt", seed=0)
-for _ in range(10):
+def step():
+    buffers = [torch.ones(262_144) for _ in range(100)]
+for _ in range(3):
     step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(10):
     step()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
-    faults = {mode: int(subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
-                                       check=True).stdout) for mode in ("default", "keep")}
-    assert faults["default"] > 1000 and faults["keep"] * 10 < faults["default"], faults
+
+    def faults(mode: str) -> int:
+        return int(subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
+                                  check=True).stdout)
+
+    default = 0
+    for _ in range(8):
+        default = max(default, faults("default"))
+        if default > 1000:
+            break
+    kept = max(faults("keep") for _ in range(3))
+    assert default > 1000 and kept * 10 < default, {"default": default, "keep": kept}
