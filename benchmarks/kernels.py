@@ -7,9 +7,11 @@
 2. GELU forward + backward on the chargpt MLP's activations: GPT-2's tanh approximation (what
    the model uses) against the erf GELU, to show what PyTorch's vectorised tanh costs here.
 3. Decoding's matrix-vector products: the 24 weight matrices of the 6/6/384 model times one
-   vector, with the default BLAS (F.linear) and with oneDNN (what Linear uses when decoding), at 1
-   and 2 threads.
+   vector, with the default BLAS (F.linear), with oneDNN, and with the weights transposed and
+   sliced per thread (what Linear uses inside generate), at 1 and 2 threads.
 4. torch.compile of the chargpt training step against eager, with its one-time compile cost.
+5. The chargpt step's floor: its matrix products and its attention, each alone, next to the
+   whole step of mingpt and of Hugging Face.
 Each row is the median of several rounds in which the variants take turns.
 """
 from __future__ import annotations
@@ -30,7 +32,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from mingpt.bench import SIZES, training_step  # noqa: E402
+from mingpt.bench import SIZES, VOCAB, training_step  # noqa: E402
+from mingpt.linear import onednn_linear, sliced_product  # noqa: E402
 from mingpt.utils import keep_freed_memory  # noqa: E402
 
 
@@ -88,9 +91,11 @@ def matvec(rounds: int) -> list[dict]:
     rows, default_threads = [], torch.get_num_threads()
     for threads in (1, 2):
         torch.set_num_threads(threads)
+        sliced = [(w.t().contiguous().view(threads, w.size(1) // threads, w.size(0)), b, x) for w, b, x in weights]
         ms = take_turns({
             "default BLAS (F.linear)": lambda: [F.linear(x, w, b) for w, b, x in weights],
-            "oneDNN": lambda: [torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "") for w, b, x in weights],
+            "oneDNN": lambda: [onednn_linear(x, w, b) for w, b, x in weights],
+            "sliced (decoding())": lambda: [sliced_product(x, w, b) for w, b, x in sliced],
         }, rounds)
         rows += [{"what": f"decoding matvecs, 6/6/384 ({megabytes:.0f} MB of weights), {threads} thread(s)",
                   "variant": name, "ms": t, "GB_per_s": megabytes / t} for name, t in ms.items()]
@@ -109,6 +114,40 @@ def compiled_step(rounds: int) -> list[dict]:
              **({"compile_s": compile_s} if name == "torch.compile" else {})} for name, t in ms.items()]
 
 
+def step_floor(rounds: int) -> list[dict]:
+    """The chargpt training step next to what no implementation of it can skip: its matrix
+    products (forward, input gradient and weight gradient of every Linear, on the default BLAS as
+    the step uses at this size) and its attention forward + backward, each run alone; and Hugging
+    Face's whole step, which runs the same products and attention."""
+    n_layer, n_head, n_embd, block_size, batch_size, _ = SIZES["chargpt"]
+    rows = batch_size * block_size
+    shapes = [(n_embd, 3 * n_embd), (n_embd, n_embd), (n_embd, 4 * n_embd), (4 * n_embd, n_embd)] * n_layer
+    products = [(torch.randn(rows, d_in), torch.randn(d_out, d_in), torch.randn(d_out), torch.randn(rows, d_out))
+                for d_in, d_out in shapes]
+    products.append((torch.randn(rows, n_embd), torch.randn(VOCAB, n_embd), None, torch.randn(rows, VOCAB)))  # the head
+    q, k, v = (torch.randn(batch_size, n_head, block_size, n_embd // n_head, requires_grad=True) for _ in range(3))
+    grad = torch.randn(batch_size, n_head, block_size, n_embd // n_head)
+
+    def matmuls():
+        for x, w, b, g in products:
+            F.linear(x, w, b)
+            g @ w
+            g.t() @ x
+
+    def attention_only():
+        for _ in range(n_layer):
+            torch.autograd.grad(F.scaled_dot_product_attention(q, k, v, is_causal=True), (q, k, v), grad)
+
+    variants = {"whole step, mingpt": training_step("chargpt", seed=0),
+                "its matmuls alone": matmuls, "its attention alone": attention_only}
+    try:
+        variants["whole step, Hugging Face"] = training_step("chargpt", seed=0, hf=True, fused=False)
+    except ImportError:
+        print("transformers is not installed: no Hugging Face step in the floor comparison")
+    ms = take_turns(variants, rounds)
+    return [{"what": "chargpt training step and its floor", "variant": name, "ms": t} for name, t in ms.items()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=20)
@@ -118,6 +157,7 @@ def main() -> None:
     torch.manual_seed(0)
     rows = attention("chargpt", 5 * args.rounds) + attention("mini-256", args.rounds // 4)
     rows += gelu(5 * args.rounds) + matvec(args.rounds) + compiled_step(5 * args.rounds)
+    rows += step_floor(5 * args.rounds)
     print(f"\n{'what':62s} {'variant':26s} {'ms':>9s}")
     for r in rows:
         extra = f"  {r['GB_per_s']:.1f} GB/s" if "GB_per_s" in r else ""

@@ -5,16 +5,19 @@
 
 Training: ms/iter, tokens/s and MFU of a full step (forward, backward, clip, AdamW) for mingpt (its
 Trainer's path: batches cut from one tensor, fused AdamW, no host sync, malloc keeping freed
-memory), Hugging Face's GPT2LMHeadModel at the same shape and batches, a plain reference loop (the
-same model, per-example DataLoader, foreach AdamW, default malloc), and at the chargpt size mingpt
-with one speed-up undone at a time. Each runs in its own process, as on a user's machine, and
-they take turns step by step, so a slow spell of this shared machine hits them all alike.
+memory, oneDNN for large matmuls), Hugging Face's GPT2LMHeadModel at the same shape and batches, a
+plain reference loop (the same model, per-example DataLoader, foreach AdamW, default malloc), and
+mingpt with one speed-up undone at a time (the malloc at both sizes, oneDNN at mini-256 where it
+applies, the others at chargpt where per-step overheads matter). Each runs in its own process, as
+on a user's machine, and they take turns step by step, so a slow spell of this shared machine
+hits them all alike.
 MFU = tokens/s x (6 N + 12 L T C) / peak, where N counts the parameters without the position
 embedding (PaLM, appendix B) and peak is the fastest of a few large fp32 matmuls measured in the
 same run.
 Generation: tokens/s for 500 greedy tokens at batch 1 on 6/6/384 with a 512 context: mingpt with
-its KV cache, with the cache but the default BLAS matrix-vector product, without the cache, and
-transformers' generate with its cache, also taking turns.
+its KV cache (and sliced weights, linear.py), with the cache but oneDNN's or the default BLAS's
+matrix-vector product, without the cache, and transformers' generate with its cache, also taking
+turns.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from mingpt import model as mingpt_model
+from mingpt import linear
 from mingpt.data import TokenStream
 from mingpt.model import GPT
 from mingpt.utils import CfgNode, keep_freed_memory, set_seed, setup_logging
@@ -99,15 +102,17 @@ def flops_per_token(model: GPT) -> int:
 
 
 def training_step(size: str, seed: int, hf: bool = False, loader: bool = False, fused: bool = True,
-                  read_loss: bool = False, compile_model: bool = False) -> Callable[[], None]:
+                  read_loss: bool = False, onednn: bool = True, compile_model: bool = False) -> Callable[[], None]:
     """One full training step (batch, forward, backward, clip, AdamW) at this size.
 
     mingpt's Trainer path on the CPU is the default; each flag undoes one of its speed-ups: hf
     (Hugging Face's model), loader (a DataLoader calling __getitem__ per example instead of whole
-    batches cut from one tensor), fused=False (foreach AdamW), read_loss (a host sync every step).
+    batches cut from one tensor), fused=False (foreach AdamW), read_loss (a host sync every step),
+    onednn=False (the default BLAS for every matmul, in this process).
     compile_model runs the model through torch.compile (the first call compiles).
     """
     n_layer, n_head, n_embd, block_size, batch_size, _ = SIZES[size]
+    linear.ONEDNN = linear.ONEDNN and onednn
     torch.manual_seed(seed)
     stream = TokenStream(torch.randint(VOCAB, (200_000,)), block_size)
     model = (make_hf if hf else make_gpt)(n_layer, n_head, n_embd, block_size)
@@ -136,12 +141,14 @@ def training_step(size: str, seed: int, hf: bool = False, loader: bool = False, 
     return step
 
 
-def generation(seed: int, hf: bool = False, use_cache: bool = True, onednn: bool = True,
-               new_tokens: int = 500, context: int = 512) -> Callable[[], None]:
+def generation(seed: int, hf: bool = False, use_cache: bool = True, sliced: bool = True,
+               onednn: bool = True, new_tokens: int = 500, context: int = 512) -> Callable[[], None]:
     """Greedy generation of new_tokens at batch 1 on the mini-256 shape with a 512 context.
-    onednn=False makes mingpt's Linear decode with the default BLAS (in this worker process)."""
+    sliced=False makes mingpt's Linear decode with oneDNN's matrix-vector kernel instead of sliced
+    weights; onednn=False as well, with the default BLAS (in this process)."""
     n_layer, n_head, n_embd = SIZES["mini-256"][:3]
-    mingpt_model.ONEDNN_DECODE = mingpt_model.ONEDNN_DECODE and onednn
+    linear.SPLIT_DECODE = linear.SPLIT_DECODE and sliced
+    linear.ONEDNN = linear.ONEDNN and onednn
     torch.manual_seed(seed)
     prompt = torch.randint(VOCAB, (1, 1))
     model = (make_hf if hf else make_gpt)(n_layer, n_head, n_embd, context).eval()
@@ -224,6 +231,8 @@ def train_benchmark(size: str, c: CfgNode) -> list[dict]:
     variants = {"mingpt": ({}, True)}  # name: (training_step flags, keep freed memory)
     if c.baselines:
         variants["mingpt, default malloc"] = ({}, False)
+        if size != "chargpt":  # chargpt's products are all too small to leave the default BLAS
+            variants["mingpt, default BLAS matmuls"] = ({"onednn": False}, True)
         if size == "chargpt":  # where per-step overheads matter: each speed-up undone alone
             variants["mingpt, foreach AdamW"] = ({"fused": False}, True)
             variants["mingpt, per-example DataLoader"] = ({"loader": True}, True)
@@ -248,7 +257,8 @@ def train_benchmark(size: str, c: CfgNode) -> list[dict]:
 def generation_benchmark(c: CfgNode, new_tokens: int = 500) -> list[dict]:
     variants = {"mingpt KV cache": {}}
     if c.baselines:
-        variants["mingpt KV cache, default BLAS matvec"] = {"onednn": False}
+        variants["mingpt KV cache, oneDNN matvec"] = {"sliced": False}
+        variants["mingpt KV cache, default BLAS matvec"] = {"sliced": False, "onednn": False}
         variants["mingpt no cache"] = {"use_cache": False}
         if _has_transformers():
             variants["huggingface generate (cache)"] = {"hf": True}

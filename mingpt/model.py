@@ -11,6 +11,7 @@ References: "Language Models are Unsupervised Multitask Learners" (GPT-2, 2019);
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Iterator
 
@@ -19,6 +20,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from mingpt import checkpoint, hf
+from mingpt.linear import Linear, decoding  # nn.Linear, with faster kernels on the CPU
 from mingpt.utils import CfgNode
 
 # (n_layer, n_head, n_embd) of the named model shapes
@@ -56,27 +58,6 @@ class KVCache:
         values.narrow(2, self.length, v.size(2)).copy_(v)
         end = self.length + k.size(2)
         return keys.narrow(2, 0, end), values.narrow(2, 0, end)
-
-
-# oneDNN ships inside PyTorch's CPU builds; Linear below uses its matrix-vector kernel to decode
-ONEDNN_DECODE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
-
-class Linear(nn.Linear):
-    """nn.Linear, with a faster kernel for decoding on the CPU.
-
-    Generating one token multiplies every weight matrix by a single vector, so the time goes into
-    reading the weights from memory. For matrices of 128K weights and more, oneDNN's kernel
-    streams them about 1.4x faster than the default BLAS on 2 cores; below that its higher fixed
-    cost per call loses (benchmarks/RESULTS.md). It is taken only where that was measured: CPU,
-    float32, no gradients, at most 16 rows. Training never takes it.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (not torch.is_grad_enabled() and ONEDNN_DECODE and x.numel() <= 16 * x.size(-1)
-                and self.weight.numel() >= 2**17 and x.is_cpu and x.dtype == self.weight.dtype == torch.float32):
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
-        return super().forward(x)
 
 
 class CausalSelfAttention(nn.Module):
@@ -252,7 +233,7 @@ class GPT(nn.Module):
                                         use_cache))
         return torch.cat([idx, *new], dim=1)
 
-    @torch.no_grad()
+    @torch.inference_mode()  # like no_grad, and also skips autograd's bookkeeping of versions and views
     def generate_stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                         do_sample: bool = False, top_k: int | None = None,
                         top_p: float | None = None, use_cache: bool = True) -> Iterator[torch.Tensor]:
@@ -272,19 +253,24 @@ class GPT(nn.Module):
             cache = KVCache(self.config.n_layer, idx.size(0), self.config.n_head, self.block_size,
                             self.config.n_embd // self.config.n_head, p.device, p.dtype)
         step_input = idx  # with a cache: the prompt first, then one token at a time
-        for _ in range(max_new_tokens):
-            if cache is not None and cache.length + step_input.size(1) <= self.block_size:
-                h = self.hidden_states(step_input, cache)
-            else:
-                # no cache, or the context outgrew block_size: recompute on the last block_size
-                # tokens (positions shift, so cached keys can no longer be reused)
-                cache = None
-                h = self.hidden_states(idx[:, -self.block_size:])
-            logits = self.lm_head(h[:, -1, :])
-            next_token = self._choose_next(logits, temperature, do_sample, top_k, top_p)
-            idx = torch.cat([idx, next_token], dim=1)
-            step_input = next_token
-            yield next_token
+        # with a cache each step multiplies a few vectors by every weight: decoding() lays the
+        # weights out for that (linear.py)
+        with decoding(self) if cache is not None else nullcontext():
+            for _ in range(max_new_tokens):
+                if cache is not None and cache.length + step_input.size(1) <= self.block_size:
+                    h = self.hidden_states(step_input, cache)
+                else:
+                    # no cache, or the context outgrew block_size: recompute on the last block_size
+                    # tokens (positions shift, so cached keys can no longer be reused)
+                    cache = None
+                    h = self.hidden_states(idx[:, -self.block_size:])
+                logits = self.lm_head(h[:, -1, :])
+                next_token = self._choose_next(logits, temperature, do_sample, top_k, top_p)
+                idx = torch.cat([idx, next_token], dim=1)
+                step_input = next_token
+                with torch.inference_mode(False):  # hand out an ordinary tensor, usable anywhere
+                    token = next_token.clone()
+                yield token
 
     @staticmethod
     def _choose_next(logits: torch.Tensor, temperature: float, do_sample: bool,

@@ -3,10 +3,8 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import tiny_gpt
-from mingpt import model as model_module
 from mingpt.model import GPT
 from mingpt.utils import CfgNode
 
@@ -185,22 +183,3 @@ def test_crop_block_size_keeps_the_first_positions_and_the_outputs():
     assert torch.allclose(model(idx)[0], before)
     with pytest.raises(ValueError, match="exceeds block_size=8"):
         model(torch.zeros(1, 9, dtype=torch.long))
-
-
-@pytest.mark.skipif(not model_module.ONEDNN_DECODE, reason="this PyTorch build has no oneDNN (mkldnn)")
-def test_onednn_decoding_kernel_agrees_with_the_default_blas(monkeypatch):
-    model = tiny_gpt(n_layer=2, n_head=2, n_embd=192, block_size=32).eval()  # c_fc: 147K weights
-    prompt = torch.randint(11, (2, 3))
-    onednn_calls = []
-    kernel = torch.ops.mkldnn._linear_pointwise
-    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise",
-                        lambda *args: onednn_calls.append(1) or kernel(*args))
-    with torch.no_grad():
-        x = torch.randn(2, 1, 192)
-        fast = model.transformer.h[0].mlp.c_fc(x)  # no gradients, 2 rows, 147K weights: oneDNN
-        assert onednn_calls == [1]
-        assert torch.allclose(fast, F.linear(x, model.transformer.h[0].mlp.c_fc.weight,
-                                             model.transformer.h[0].mlp.c_fc.bias), atol=1e-5)
-    tokens = model.generate(prompt, 20)
-    monkeypatch.setattr(model_module, "ONEDNN_DECODE", False)
-    assert torch.equal(model.generate(prompt, 20), tokens)

@@ -1,0 +1,96 @@
+"""Linear: where it takes oneDNN's kernels, it computes what nn.Linear computes."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import tiny_gpt
+from mingpt import linear
+from mingpt.linear import Linear, decoding
+
+pytestmark = pytest.mark.skipif(not linear.ONEDNN, reason="this PyTorch build has no oneDNN (mkldnn)")
+
+
+@pytest.fixture
+def onednn_calls(monkeypatch):
+    """A list that gets one entry per oneDNN product."""
+    calls = []
+    kernel = linear.onednn_linear
+    monkeypatch.setattr(linear, "onednn_linear", lambda *args: calls.append(1) or kernel(*args))
+    return calls
+
+
+def gradients(layer: torch.nn.Linear, x: torch.Tensor, grad_y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    x = x.clone().requires_grad_()
+    layer.zero_grad()
+    y = layer(x)
+    y.backward(grad_y)
+    return y, x.grad, layer.weight.grad, layer.bias.grad
+
+
+@pytest.mark.parametrize("shape", [(256, 512, 1024), (32, 1024, 4100)],
+                         ids=["oneDNN input gradient", "weight too big to transpose: BLAS input gradient"])
+def test_large_products_take_onednn_and_match_nn_linear(shape, onednn_calls):
+    rows, d_in, d_out = shape  # rows x weights >= 2**27: the large-product path
+    torch.manual_seed(0)
+    layer = Linear(d_in, d_out)
+    x, grad_y = torch.randn(2, rows // 2, d_in), torch.randn(2, rows // 2, d_out)
+    fast = gradients(layer, x, grad_y)
+    input_grad_on_onednn = layer.weight.numel() <= linear.TRANSPOSE_MAX_WEIGHTS
+    assert len(onednn_calls) == 1 + input_grad_on_onednn
+    plain = torch.nn.Linear(d_in, d_out)
+    plain.load_state_dict(layer.state_dict())
+    expected = gradients(plain, x, grad_y)
+    assert len(onednn_calls) == 1 + input_grad_on_onednn  # nn.Linear never takes it
+    for got, want in zip(fast, expected):
+        assert got.shape == want.shape
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():  # evaluation at the same size: oneDNN without the autograd Function
+        assert torch.allclose(layer(x), expected[0], rtol=1e-4, atol=1e-4)
+    assert len(onednn_calls) == 2 + input_grad_on_onednn
+
+
+def test_small_products_autocast_and_frozen_inputs(onednn_calls):
+    small = Linear(64, 64)
+    small(torch.randn(8, 64, requires_grad=True)).sum().backward()
+    assert onednn_calls == []  # 8 x 4096: too small to pay
+    large = Linear(512, 1024)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert large(torch.randn(256, 512)).dtype == torch.bfloat16  # autocast keeps its own kernels
+    assert onednn_calls == []
+    for p in large.parameters():
+        p.requires_grad_(False)
+    large(torch.randn(256, 512))  # nothing needs a gradient: the plain oneDNN product
+    assert len(onednn_calls) == 1
+
+
+def test_decoding_kernels_agree_with_the_default_blas(monkeypatch, onednn_calls):
+    model = tiny_gpt(n_layer=2, n_head=2, n_embd=192, block_size=32).eval()  # c_fc: 147K weights
+    prompt = torch.randint(11, (2, 3))
+    c_fc = model.transformer.h[0].mlp.c_fc
+    x = torch.randn(2, 1, 192)
+    expected = F.linear(x, c_fc.weight, c_fc.bias)
+    with torch.no_grad():
+        assert torch.allclose(c_fc(x), expected, atol=1e-5)  # 2 rows, 147K weights: oneDNN
+        assert onednn_calls == [1]
+        with decoding(model):
+            assert c_fc.sliced_weight[1].shape == (torch.get_num_threads(), 192 // torch.get_num_threads(), 768)
+            assert model.transformer.h[0].attn.c_proj.sliced_weight is None  # 37K weights: too few
+            assert torch.allclose(c_fc(x), expected, atol=1e-5)  # the sliced product
+            assert onednn_calls == [1]
+            assert c_fc(torch.randn(5, 192)).shape == (5, 768) and len(onednn_calls) == 2  # 5 rows: oneDNN
+            c_fc.weight.mul_(2)  # a weight changed inside the block: its copy is stale, not used
+            assert torch.allclose(c_fc(x), F.linear(x, c_fc.weight, c_fc.bias), atol=1e-5)
+            assert len(onednn_calls) == 3
+        assert c_fc.sliced_weight is None
+    tokens = model.generate(prompt, 20)
+    monkeypatch.setattr(linear, "SPLIT_DECODE", False)
+    assert torch.equal(model.generate(prompt, 20), tokens)  # oneDNN's matrix-vector kernel
+    monkeypatch.setattr(linear, "ONEDNN", False)
+    assert torch.equal(model.generate(prompt, 20), tokens)  # the default BLAS
+
+
+def test_decoding_copies_nothing_past_its_memory_cap(monkeypatch):
+    model = tiny_gpt(n_layer=2, n_head=2, n_embd=192, block_size=32).eval()
+    monkeypatch.setattr(linear, "DECODE_MAX_COPIED", 2**17)  # less than the two c_fc weights
+    with decoding(model):
+        assert all(m.sliced_weight is None for m in model.modules() if isinstance(m, Linear))
