@@ -7,11 +7,12 @@ two other routes beat it for the products a GPT makes (benchmarks/kernels.py, be
   kernels for the CPU it finds: the forward product and the input's gradient are ~1.1-1.3x faster.
   The weight's gradient stays with the BLAS, which is faster at it.
 - Decoding multiplies one vector by every weight matrix, so its time goes into reading the
-  weights. Inside `decoding(model)` (which generate() uses) each large weight is kept transposed
-  and cut into one slice of input rows per thread: one batched product, in which each thread
-  streams its own contiguous slice, then a sum of the slices' results. That reads the weights
-  ~1.1-1.3x faster than oneDNN's matrix-vector kernel, and oneDNN ~1.45x faster than the BLAS;
-  oneDNN's kernel is what decoding takes outside the block and for batches of 5 to 16 rows.
+  weights. Inside `decoding(model, steps)`, which generate() uses, each weight of 128K to 4M
+  entries is kept transposed and cut into one slice of input rows per thread: one batched product,
+  in which each thread streams its own contiguous slice, then a sum of the slices' results. That
+  reads the weights ~1.1-1.3x faster than oneDNN's matrix-vector kernel, and oneDNN ~1.45x faster
+  than the BLAS; oneDNN's kernel is what decoding takes outside the block, for bigger weights and
+  for batches of 5 to 16 rows.
 Small products keep nn.Linear's path: there oneDNN's fixed cost per call (~20 us) and the Python
 autograd Function below cost more than they save. So do CUDA, other dtypes, autocast (which picks
 its own precision) and torch.compile (which picks its own kernels). The results equal nn.Linear's
@@ -31,6 +32,8 @@ SPLIT_DECODE = True  # decoding() prepares the sliced weights (off: oneDNN's mat
 DECODE_MAX_ROWS = 16  # "decoding": at most this many rows (batch x new positions)
 SPLIT_MAX_ROWS = 4  # the sliced product wins up to batch 4; oneDNN beyond
 DECODE_MIN_WEIGHTS = 2**17  # smaller matrices: the BLAS's lower cost per call wins
+SLICE_MAX_WEIGHTS = 2**22  # GPT-2's 38M-weight head: no faster sliced, and the costliest copy
+SLICE_MIN_STEPS = 32  # the copies cost about 5 decoding steps and save ~15-20% of each
 DECODE_MAX_COPIED = 2**28  # decoding() copies at most this many weights in all (1 GiB of float32)
 LARGE_PRODUCT = 2**27  # rows x weights from which oneDNN pays off with gradients
 TRANSPOSE_MAX_WEIGHTS = 2**22  # oneDNN copies a transposed weight: above this the BLAS wins
@@ -77,16 +80,17 @@ def sliced_product(x: torch.Tensor, sliced_weight: torch.Tensor, bias: torch.Ten
 
 
 @contextmanager
-def decoding(model: nn.Module) -> Iterator[None]:
-    """Within this block the model's large float32 CPU Linears decode with sliced copies of their
-    weights (see the module docstring). The copies cost one pass over the weights and their
-    memory until the block ends; a weight changed meanwhile is noticed (its version) and skips
-    its copy. Nothing is copied when SPLIT_DECODE is off or the copies would pass DECODE_MAX_COPIED."""
+def decoding(model: nn.Module, steps: int) -> Iterator[None]:
+    """Within this block of `steps` decoding steps the model's float32 CPU Linears of 128K to 4M
+    weights decode with sliced copies of their weights (see the module docstring). The copies cost
+    one pass over the weights and their memory until the block ends; a weight changed meanwhile
+    is noticed (its version) and skips its copy. Nothing is copied for fewer than SLICE_MIN_STEPS
+    steps, when SPLIT_DECODE is off, or when the copies would pass DECODE_MAX_COPIED weights."""
     slices = torch.get_num_threads()
     layers = [m for m in model.modules() if isinstance(m, Linear) and m.weight.is_cpu
-              and m.weight.dtype == torch.float32 and m.weight.numel() >= DECODE_MIN_WEIGHTS
+              and m.weight.dtype == torch.float32 and DECODE_MIN_WEIGHTS <= m.weight.numel() <= SLICE_MAX_WEIGHTS
               and m.in_features % slices == 0]
-    if not SPLIT_DECODE or sum(m.weight.numel() for m in layers) > DECODE_MAX_COPIED:
+    if not SPLIT_DECODE or steps < SLICE_MIN_STEPS or sum(m.weight.numel() for m in layers) > DECODE_MAX_COPIED:
         layers = []
     with torch.no_grad():
         for m in layers:

@@ -255,7 +255,7 @@ class GPT(nn.Module):
         step_input = idx  # with a cache: the prompt first, then one token at a time
         # with a cache each step multiplies a few vectors by every weight: decoding() lays the
         # weights out for that (linear.py)
-        with decoding(self) if cache is not None else nullcontext():
+        with decoding(self, max_new_tokens) if cache is not None else nullcontext():
             for _ in range(max_new_tokens):
                 if cache is not None and cache.length + step_input.size(1) <= self.block_size:
                     h = self.hidden_states(step_input, cache)

@@ -64,7 +64,7 @@ def test_small_products_autocast_and_frozen_inputs(onednn_calls):
 
 
 def test_decoding_kernels_agree_with_the_default_blas(monkeypatch, onednn_calls):
-    model = tiny_gpt(n_layer=2, n_head=2, n_embd=192, block_size=32).eval()  # c_fc: 147K weights
+    model = tiny_gpt(n_layer=2, n_head=2, n_embd=192, block_size=64).eval()  # c_fc: 147K weights
     prompt = torch.randint(11, (2, 3))
     c_fc = model.transformer.h[0].mlp.c_fc
     x = torch.randn(2, 1, 192)
@@ -72,7 +72,9 @@ def test_decoding_kernels_agree_with_the_default_blas(monkeypatch, onednn_calls)
     with torch.no_grad():
         assert torch.allclose(c_fc(x), expected, atol=1e-5)  # 2 rows, 147K weights: oneDNN
         assert onednn_calls == [1]
-        with decoding(model):
+        with decoding(model, steps=5):
+            assert c_fc.sliced_weight is None  # too few steps to pay for the copies
+        with decoding(model, steps=linear.SLICE_MIN_STEPS):
             assert c_fc.sliced_weight[1].shape == (torch.get_num_threads(), 192 // torch.get_num_threads(), 768)
             assert model.transformer.h[0].attn.c_proj.sliced_weight is None  # 37K weights: too few
             assert torch.allclose(c_fc(x), expected, atol=1e-5)  # the sliced product
@@ -82,15 +84,21 @@ def test_decoding_kernels_agree_with_the_default_blas(monkeypatch, onednn_calls)
             assert torch.allclose(c_fc(x), F.linear(x, c_fc.weight, c_fc.bias), atol=1e-5)
             assert len(onednn_calls) == 3
         assert c_fc.sliced_weight is None
-    tokens = model.generate(prompt, 20)
+    steps = linear.SLICE_MIN_STEPS
+    sliced_calls = []
+    kernel = linear.sliced_product
+    monkeypatch.setattr(linear, "sliced_product", lambda *args: sliced_calls.append(1) or kernel(*args))
+    tokens = model.generate(prompt, steps)
+    # the c_fc and MLP c_proj of 2 layers, at every step after the prompt's (6 rows: oneDNN)
+    assert len(sliced_calls) == 4 * (steps - 1)
     monkeypatch.setattr(linear, "SPLIT_DECODE", False)
-    assert torch.equal(model.generate(prompt, 20), tokens)  # oneDNN's matrix-vector kernel
+    assert torch.equal(model.generate(prompt, steps), tokens)  # oneDNN's matrix-vector kernel
     monkeypatch.setattr(linear, "ONEDNN", False)
-    assert torch.equal(model.generate(prompt, 20), tokens)  # the default BLAS
+    assert torch.equal(model.generate(prompt, steps), tokens)  # the default BLAS
 
 
 def test_decoding_copies_nothing_past_its_memory_cap(monkeypatch):
     model = tiny_gpt(n_layer=2, n_head=2, n_embd=192, block_size=32).eval()
     monkeypatch.setattr(linear, "DECODE_MAX_COPIED", 2**17)  # less than the two c_fc weights
-    with decoding(model):
+    with decoding(model, steps=linear.SLICE_MIN_STEPS):
         assert all(m.sliced_weight is None for m in model.modules() if isinstance(m, Linear))
