@@ -108,10 +108,14 @@ class OneDNNLinearFunction(torch.autograd.Function):
     over the rows."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return onednn_linear(x.contiguous(), weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:
+        x, weight, bias = inputs
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return onednn_linear(x.contiguous(), weight, bias)
 
     @staticmethod
     @once_differentiable
