@@ -20,6 +20,7 @@ up to float rounding.
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -86,14 +87,13 @@ def decoding(model: nn.Module, steps: int) -> Iterator[None]:
     one pass over the weights and their memory until the block ends; a weight changed meanwhile
     is noticed (its version) and skips its copy. Nothing is copied for fewer than SLICE_MIN_STEPS
     steps, when SPLIT_DECODE is off, or when the copies would pass DECODE_MAX_COPIED weights."""
-    slices = torch.get_num_threads()
     layers = [m for m in model.modules() if isinstance(m, Linear) and m.weight.is_cpu
-              and m.weight.dtype == torch.float32 and DECODE_MIN_WEIGHTS <= m.weight.numel() <= SLICE_MAX_WEIGHTS
-              and m.in_features % slices == 0]
+              and m.weight.dtype == torch.float32 and DECODE_MIN_WEIGHTS <= m.weight.numel() <= SLICE_MAX_WEIGHTS]
     if not SPLIT_DECODE or steps < SLICE_MIN_STEPS or sum(m.weight.numel() for m in layers) > DECODE_MAX_COPIED:
         layers = []
     with torch.no_grad():
         for m in layers:
+            slices = math.gcd(torch.get_num_threads(), m.in_features)  # equal slices, one per thread
             sliced = m.weight.t().contiguous().view(slices, m.in_features // slices, m.out_features)
             m.sliced_weight = (m.weight._version, sliced)
     try:
