@@ -33,7 +33,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mingpt.bench import SIZES, VOCAB, training_step  # noqa: E402
-from mingpt.linear import onednn_linear, sliced_product  # noqa: E402
+from mingpt.linear import onednn_linear, slice_weight, sliced_product  # noqa: E402
 from mingpt.utils import keep_freed_memory  # noqa: E402
 
 
@@ -82,16 +82,22 @@ def gelu(rounds: int) -> list[dict]:
             for name, t in ms.items()]
 
 
+def block_linears(n_embd: int) -> list[tuple[int, int]]:
+    """(in_features, out_features) of one Transformer block's Linears: c_attn, attn c_proj, c_fc,
+    mlp c_proj."""
+    return [(n_embd, 3 * n_embd), (n_embd, n_embd), (n_embd, 4 * n_embd), (4 * n_embd, n_embd)]
+
+
 @torch.no_grad()
 def matvec(rounds: int) -> list[dict]:
-    n_embd = SIZES["mini-256"][2]
-    shapes = [(3 * n_embd, n_embd), (n_embd, n_embd), (4 * n_embd, n_embd), (n_embd, 4 * n_embd)] * 6
-    weights = [(torch.randn(*s), torch.randn(s[0]), torch.randn(1, 1, s[1])) for s in shapes]
+    n_layer, n_embd = SIZES["mini-256"][0], SIZES["mini-256"][2]
+    weights = [(torch.randn(d_out, d_in), torch.randn(d_out), torch.randn(1, 1, d_in))
+               for d_in, d_out in block_linears(n_embd) * n_layer]
     megabytes = sum(w.numel() for w, _, _ in weights) * 4 / 1e6
     rows, default_threads = [], torch.get_num_threads()
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        sliced = [(w.t().contiguous().view(threads, w.size(1) // threads, w.size(0)), b, x) for w, b, x in weights]
+        sliced = [(slice_weight(w), b, x) for w, b, x in weights]
         ms = take_turns({
             "default BLAS (F.linear)": lambda: [F.linear(x, w, b) for w, b, x in weights],
             "oneDNN": lambda: [onednn_linear(x, w, b) for w, b, x in weights],
@@ -121,9 +127,8 @@ def step_floor(rounds: int) -> list[dict]:
     Face's whole step, which runs the same products and attention."""
     n_layer, n_head, n_embd, block_size, batch_size, _ = SIZES["chargpt"]
     rows = batch_size * block_size
-    shapes = [(n_embd, 3 * n_embd), (n_embd, n_embd), (n_embd, 4 * n_embd), (4 * n_embd, n_embd)] * n_layer
     products = [(torch.randn(rows, d_in), torch.randn(d_out, d_in), torch.randn(d_out), torch.randn(rows, d_out))
-                for d_in, d_out in shapes]
+                for d_in, d_out in block_linears(n_embd) * n_layer]
     products.append((torch.randn(rows, n_embd), torch.randn(VOCAB, n_embd), None, torch.randn(rows, VOCAB)))  # the head
     q, k, v = (torch.randn(batch_size, n_head, block_size, n_embd // n_head, requires_grad=True) for _ in range(3))
     grad = torch.randn(batch_size, n_head, block_size, n_embd // n_head)

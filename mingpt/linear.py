@@ -80,6 +80,14 @@ def sliced_product(x: torch.Tensor, sliced_weight: torch.Tensor, bias: torch.Ten
     return y.view(*x.shape[:-1], out_features)
 
 
+def slice_weight(weight: torch.Tensor) -> torch.Tensor:
+    """weight (out, in) transposed and cut into equal slices of input rows, one per thread where
+    the input size allows: (slices, in/slices, out), what sliced_product takes."""
+    out_features, in_features = weight.shape
+    slices = math.gcd(torch.get_num_threads(), in_features)
+    return weight.t().contiguous().view(slices, in_features // slices, out_features)
+
+
 @contextmanager
 def decoding(model: nn.Module, steps: int) -> Iterator[None]:
     """Within this block of `steps` decoding steps the model's float32 CPU Linears of 128K to 4M
@@ -93,9 +101,7 @@ def decoding(model: nn.Module, steps: int) -> Iterator[None]:
         layers = []
     with torch.no_grad():
         for m in layers:
-            slices = math.gcd(torch.get_num_threads(), m.in_features)  # equal slices, one per thread
-            sliced = m.weight.t().contiguous().view(slices, m.in_features // slices, m.out_features)
-            m.sliced_weight = (m.weight._version, sliced)
+            m.sliced_weight = (m.weight._version, slice_weight(m.weight))
     try:
         yield
     finally:
