@@ -24,7 +24,6 @@ import time
 
 import torch
 
-from mingpt.bench import flops_per_token
 from mingpt.model import GPT
 from mingpt.utils import CfgNode
 
@@ -60,6 +59,7 @@ def gpt2(block_size: int = 1024, device: str = "cuda") -> GPT:
     config = GPT.get_default_config()
     config.model_type, config.vocab_size, config.block_size = "gpt2", 50257, block_size
     config.embd_pdrop = config.resid_pdrop = config.attn_pdrop = 0.0
+    config.tie_embeddings = True  # GPT-2's 124M
     return GPT(config).to(device)
 
 
@@ -87,7 +87,7 @@ def train_speed(compile_model: bool, peak: float, batch: int = 16, steps: int = 
     seconds = cuda_time(step, steps)
     tokens_per_s = batch * 1024 / seconds
     return {"compile": compile_model, "batch": batch, "ms_per_iter": seconds * 1000,
-            "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops_per_token(model) / peak,
+            "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * model.flops_per_token() / peak,
             "warmup_s": warmup_s, "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9}
 
 

@@ -8,7 +8,7 @@
    the model uses) against the erf GELU, to show what PyTorch's vectorised tanh costs here.
 3. Decoding's matrix-vector products: the 24 weight matrices of the 6/6/384 model times one
    vector, with the default BLAS (F.linear), with oneDNN, and with the weights transposed and
-   sliced per thread (what Linear uses inside generate), at 1 and 2 threads.
+   sliced per thread (what CPULinear uses inside generate), at 1 and 2 threads.
 4. torch.compile of the chargpt training step against eager, with its one-time compile cost.
 5. The chargpt step's floor: its matrix products and its attention, each alone, next to the
    whole step of mingpt and of Hugging Face.
@@ -32,9 +32,9 @@ import torch.nn.functional as F  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from mingpt.bench import SIZES, VOCAB, training_step  # noqa: E402
-from mingpt.linear import onednn_linear, slice_weight, sliced_product  # noqa: E402
-from mingpt.utils import keep_freed_memory  # noqa: E402
+from mingpt.jobs.bench import SIZES, VOCAB, training_step  # noqa: E402
+from mingpt.kernels import keep_freed_memory  # noqa: E402
+from mingpt.kernels.linear import onednn_linear, slice_weight, sliced_product  # noqa: E402
 
 
 def take_turns(variants: dict[str, Callable[[], object]], rounds: int, warmup: int = 3) -> dict[str, float]:

@@ -27,8 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_check import gpt2, matmul_peak  # noqa: E402
 
-from mingpt import distributed  # noqa: E402
-from mingpt.bench import flops_per_token  # noqa: E402
+from mingpt import runtime  # noqa: E402
 from mingpt.data import TokenStream  # noqa: E402
 from mingpt.model import GPT  # noqa: E402
 from mingpt.trainer import Trainer  # noqa: E402
@@ -40,20 +39,20 @@ def tiny_gpt() -> GPT:
     """For the CPU smoke test: GPT-2's vocabulary and shape of config, 2 layers of 64 dims."""
     config = GPT.get_default_config()
     config.n_layer, config.n_head, config.n_embd = 2, 2, 64
-    config.vocab_size, config.block_size = 50257, 64
+    config.vocab_size, config.block_size, config.tie_embeddings = 50257, 64, True
     return GPT(config)
 
 
 def worker(fsdp: bool, compile_model: bool, cpu: bool, out: Path) -> None:
     """One process of the job: measure the peak, train, and (rank 0) write the figures."""
-    place = distributed.init()  # (sets this process's GPU, so the peak is measured on it)
+    place = runtime.setup("cpu" if cpu else "cuda").place  # (sets this process's GPU, so the peak is measured on it)
     if cpu:
         torch.set_num_threads(1)
     device = "cpu" if cpu else "cuda"
     peak = matmul_peak(device)
     torch.manual_seed(0)
     model = tiny_gpt() if cpu else gpt2(device="cpu")  # the Trainer moves it, or shards it onto the GPUs
-    flops = flops_per_token(model)
+    flops = model.flops_per_token()
     tokens = torch.randint(model.config.vocab_size, (2_000_000,))
     c = Trainer.get_default_config()
     c.device, c.max_iters, c.log_interval, c.progress_bar = device, STEPS, WARMUP_STEPS, False

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import warnings
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Iterable
 
@@ -20,7 +20,7 @@ import regex
 import tiktoken
 import torch
 
-from mingpt.utils import cache_dir, download
+from mingpt.utils import atomic_write, cache_dir, download
 
 
 # GPT-2's pre-tokenizer: contractions, optional space + letters, optional space + digits,
@@ -196,6 +196,12 @@ class BPETokenizer:
         except KeyError as e:
             raise ValueError(f"token id {e.args[0]} is outside this vocabulary of {self.vocab_size}") from None
 
+    @cached_property
+    def encoder(self) -> "Encoder":
+        """minGPT's Encoder for this vocabulary (`tok.encoder.encoder['<|endoftext|>']` is 50256),
+        built on first use so that making a tokenizer stays fast."""
+        return Encoder.from_ranks(self.ranks, self.special_tokens, self.pattern)
+
     def __call__(self, text: str, return_tensors: str = "pt") -> torch.Tensor:
         """minGPT's interface: text -> LongTensor of shape (1, T)."""
         assert return_tensors == "pt", "only PyTorch tensors are supported"
@@ -211,7 +217,7 @@ class BPETokenizer:
         if self.name != "gpt2":
             spec["ranks_file"] = "tokenizer.tiktoken"
             write_tiktoken_ranks(self.ranks, folder / "tokenizer.tiktoken")
-        (folder / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False, indent=1))
+        atomic_write(folder / "tokenizer.json", json.dumps(spec, ensure_ascii=False, indent=1))
 
     @classmethod
     def load(cls, folder: str | Path, engine: str = "tiktoken") -> "BPETokenizer":
@@ -256,6 +262,101 @@ class PythonBPE:
         return parts
 
 
+# -- minGPT's Encoder: the same BPE, on the printable token strings of GPT-2's files ---------------
+class Encoder:
+    """minGPT's Encoder: the vocabulary as encoder.json and vocab.bpe spell it, for inspecting it.
+
+    A chunk's bytes are shown as printable characters, merged, and looked up by string:
+    " world" -> b" world" -> "Ġworld" -> bpe -> ["Ġworld"] -> [995]. The ids are BPETokenizer's
+    (the merging is PythonBPE's); to encode a lot of text, use BPETokenizer.
+    """
+
+    def __init__(self, encoder: dict[str, int], bpe_merges: list[tuple[str, str]],
+                 pattern: str = GPT2_PATTERN) -> None:
+        self.byte_encoder = bytes_to_unicode()
+        self.byte_decoder = {ch: b for b, ch in self.byte_encoder.items()}
+        self.encoder = encoder  # "Ġworld" -> 995
+        self.decoder = {i: token for token, i in encoder.items()}
+        self.bpe_ranks = {pair: rank for rank, pair in enumerate(bpe_merges)}  # ("Ġ", "t") -> 0
+        self.pat = regex.compile(pattern)
+        self.cache: dict[str, str] = {}
+        # special tokens such as <|endoftext|> are neither a byte nor a merge: they are never merged into
+        ordinary = {*self.byte_encoder.values(), *(left + right for left, right in bpe_merges)}
+        self._merger = PythonBPE({self._bytes(t): i for t, i in encoder.items() if t in ordinary}, pattern)
+
+    @classmethod
+    def from_ranks(cls, ranks: dict[bytes, int], special_tokens: dict[str, int],
+                   pattern: str = GPT2_PATTERN) -> "Encoder":
+        """From this project's form of a vocabulary (token bytes -> id), such as a trained BPE's."""
+        table = bytes_to_unicode()
+        show = lambda token: "".join(table[b] for b in token)  # noqa: E731
+        encoder = {show(token): i for token, i in ranks.items()}
+        encoder.update({show(s.encode("utf-8")): i for s, i in special_tokens.items()})
+        return cls(encoder, [(show(a), show(b)) for a, b in merges_from_ranks(ranks)], pattern)
+
+    def _show(self, data: bytes) -> str:
+        return "".join(self.byte_encoder[b] for b in data)
+
+    def _bytes(self, token: str) -> bytes:
+        return bytes(self.byte_decoder[ch] for ch in token)
+
+    def bpe(self, token: str) -> str:
+        """A chunk in printable form -> its merged parts, space-separated: "ĠKarpathy" -> "ĠK arp athy".
+        A space can separate parts because none is inside one (a space byte is shown as 'Ġ')."""
+        if token not in self.cache:
+            self.cache[token] = " ".join(map(self._show, self._merger.merge(self._bytes(token))))
+        return self.cache[token]
+
+    def encode(self, text: str) -> list[int]:
+        """Text -> ids, the same as BPETokenizer.encode (special tokens in the text stay text)."""
+        return [i for chunk in self.pat.findall(text) for i in self._work(chunk)["token_ix"]]
+
+    def encode_and_show_work(self, text: str) -> dict:
+        """encode, keeping every step: {"bpe_idx": ids, "tokens": chunks, "parts": one dict a chunk}.
+        "Hello world"'s second part: {"token": " world", "token_bytes": b" world",
+        "token_translated": "Ġworld", "token_merged": ["Ġworld"], "token_ix": [995]}."""
+        tokens = self.pat.findall(text)
+        parts = [self._work(chunk) for chunk in tokens]
+        return {"bpe_idx": [i for part in parts for i in part["token_ix"]], "tokens": tokens, "parts": parts}
+
+    def _work(self, chunk: str) -> dict:
+        data = chunk.encode("utf-8")
+        merged = self.bpe(self._show(data)).split(" ")
+        return {"token": chunk, "token_bytes": data, "token_translated": self._show(data),
+                "token_merged": merged, "token_ix": [self.encoder[token] for token in merged]}
+
+    def decode(self, bpe_idx: Iterable[int] | torch.Tensor) -> str:
+        """Ids -> text (bytes that do not form valid UTF-8 become U+FFFD)."""
+        if isinstance(bpe_idx, torch.Tensor):
+            bpe_idx = bpe_idx.flatten().tolist()
+        return self._bytes("".join(self.decoder[i] for i in bpe_idx)).decode("utf-8", errors="replace")
+
+
+def get_encoder() -> Encoder:
+    """minGPT's get_encoder: GPT-2's vocabulary as an Encoder, from the files BPETokenizer uses."""
+    return Encoder.from_ranks(gpt2_ranks(), {END_OF_TEXT: GPT2_EOT_ID})
+
+
+def merges_from_ranks(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
+    """The merges that built a vocabulary, in the order they were learnt (GPT-2's vocab.bpe).
+
+    Each token's two halves are what BPE makes of its bytes with only the tokens before it:
+    b" the" -> (b" t", b"he"). For GPT-2 this gives vocab.bpe back exactly.
+    """
+    earlier: dict[bytes, int] = {}
+    splitter = PythonBPE(earlier)  # it reads `earlier`, which grows one token at a time below
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        if len(token) > 1:
+            halves = splitter.merge(token)
+            if len(halves) != 2:
+                raise ValueError(f"token {token!r} (rank {rank}) is not one merge of two earlier tokens: "
+                                 f"{halves}; these ranks are not a BPE vocabulary")
+            merges.append((halves[0], halves[1]))
+        earlier[token] = rank
+    return merges
+
+
 # -- training your own BPE ------------------------------------------------------------------------
 def train_bpe(texts: Iterable[str], vocab_size: int, pattern: str = GPT2_PATTERN,
               special_tokens: tuple[str, ...] = (END_OF_TEXT,), name: str = "custom") -> BPETokenizer:
@@ -276,7 +377,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, pattern: str = GPT2_PATTERN
 def write_tiktoken_ranks(ranks: dict[bytes, int], path: Path) -> None:
     """tiktoken's format: one `base64(token) rank` line per token."""
     lines = (f"{base64.b64encode(token).decode()} {rank}" for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]))
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write(path, "\n".join(lines) + "\n")
 
 
 def read_tiktoken_ranks(path: Path) -> dict[bytes, int]:

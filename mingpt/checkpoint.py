@@ -1,124 +1,103 @@
-"""Checkpoints: tensors in safetensors, everything else in JSON. Nothing is ever unpickled.
+"""One checkpoint: tensors in safetensors, everything else in JSON. Nothing is ever unpickled.
 
-A run folder keeps its checkpoints as checkpoints/iter_NNNNNNN/ holding
+A checkpoint is a folder (run_folder.py keeps them as checkpoints/iter_NNNNNNN/ and names the
+newest in latest.json) holding
   model.safetensors   the model's weights, whole and fp32 (also of a run trained sharded or in bf16)
   state.safetensors   the optimizer's tensors and the torch RNG / data-sampler states (training only;
                       every rank's RNG states when several processes trained)
   checkpoint.json     model config, iteration, python/numpy RNG states, metrics, mingpt version
-and names the newest complete one in latest.json (the best by validation loss in best.json).
-A checkpoint is written into a temporary folder, fsync'ed, and renamed into place; only then does
-latest.json move (itself by an atomic rename), and only then are old checkpoints pruned. A crash
-at any moment therefore leaves the previous checkpoint complete and named by latest.json.
+It is written into a temporary folder, flushed to disk and renamed into place (utils.atomic_path),
+so a crash at any moment leaves either the whole checkpoint or none.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import json
-import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from mingpt.utils import write_json_atomic
+from mingpt.utils import atomic_path, unwrap
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "state.safetensors"
 META_FILE = "checkpoint.json"
-LATEST_FILE = "latest.json"
-BEST_FILE = "best.json"
+INTACT_FIX = "name an intact checkpoint (--system.checkpoint=iter_N) or retrain"
 
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be used: the message says why and what to do."""
 
 
-def save(work_dir: str | Path, model: nn.Module, iter_num: int, extra: dict[str, Any] | None = None,
-         optimizer: torch.optim.Optimizer | None = None, tensors: dict[str, torch.Tensor] | None = None,
-         keep_last: int = 2, best: bool = False, weights: dict[str, torch.Tensor] | None = None,
-         optimizer_state: dict | None = None) -> Path:
-    """Save a checkpoint of model (and optimizer, extra tensors) at iter_num; return its folder.
+def write(folder: Path, model: nn.Module, iter_num: int, extra: dict[str, Any] | None = None,
+          optimizer: torch.optim.Optimizer | None = None, tensors: dict[str, torch.Tensor] | None = None,
+          weights: dict[str, torch.Tensor] | None = None, optimizer_state: dict | None = None) -> None:
+    """Write a checkpoint of model (and optimizer, extra tensors) at iter_num into folder, atomically.
 
     `extra` holds anything JSON can carry; `tensors` any further tensors (e.g. RNG states).
-    With best=True, best.json names this checkpoint too, and pruning keeps it. A sharded model
-    passes its gathered whole `weights` and `optimizer_state` (distributed.full_state), which are
-    saved instead of model's and optimizer's own: the checkpoint is the same as unsharded.
+    A sharded model passes its gathered whole `weights` and `optimizer_state`
+    (distributed.full_state), which are saved instead of model's and optimizer's own: the
+    checkpoint is the same as unsharded.
     """
-    work_dir = Path(work_dir)
-    final = work_dir / "checkpoints" / f"iter_{iter_num:07d}"
-    if not final.exists():  # (an existing one holds this very iteration: keep it, it is complete)
-        tmp = final.with_name(final.name + ".tmp")
-        try:
-            _write(tmp, final, model, iter_num, extra, optimizer, tensors, weights, optimizer_state)
-        except (OSError, SafetensorError) as e:  # e.g. a full disk: the previous one stays latest
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise OSError(f"could not save the checkpoint of iteration {iter_num} in "
-                          f"{str(work_dir)!r} ({e}); the previous checkpoint is intact: free some "
-                          f"space and rerun with --system.resume=true") from None
-    pointer = {"checkpoint": str(final.relative_to(work_dir))}
-    write_json_atomic(work_dir / LATEST_FILE, pointer)
-    if best:
-        write_json_atomic(work_dir / BEST_FILE, pointer)
-    _prune(work_dir, keep_last)
-    return final
+    with atomic_path(folder) as tmp:
+        tmp.mkdir(parents=True)
+        if weights is None:
+            save_model(unwrap(model), str(tmp / WEIGHTS_FILE))
+        else:
+            save_file(_without_tied_copies(weights, model), str(tmp / WEIGHTS_FILE))
+        state_tensors = dict(tensors or {})
+        optimizer_meta = None
+        if optimizer is not None:
+            sd = optimizer_state if optimizer_state is not None else optimizer.state_dict()
+            optimizer_meta, optimizer_tensors = _flatten_optimizer(sd)
+            state_tensors.update(optimizer_tensors)
+        if state_tensors:
+            save_file(state_tensors, str(tmp / STATE_FILE))
+        config = getattr(unwrap(model), "config", None)
+        (tmp / META_FILE).write_text(json.dumps({
+            "format": FORMAT_VERSION,
+            "mingpt_version": _version(),
+            "iter_num": iter_num,
+            "model_config": config.to_dict() if hasattr(config, "to_dict") else None,
+            "optimizer": optimizer_meta,
+            **(extra or {}),
+        }, indent=2))
 
 
-def _write(tmp: Path, final: Path, model: nn.Module, iter_num: int, extra: dict[str, Any] | None,
-           optimizer: torch.optim.Optimizer | None, tensors: dict[str, torch.Tensor] | None,
-           weights: dict[str, torch.Tensor] | None, optimizer_state: dict | None) -> None:
-    """Write a checkpoint into tmp, flush it to disk, and rename it to final."""
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if weights is None:
-        save_model(_unwrap(model), str(tmp / WEIGHTS_FILE))
-    else:
-        save_file(_without_tied_copies(weights, model), str(tmp / WEIGHTS_FILE))
-    state_tensors = dict(tensors or {})
-    optimizer_meta = None
-    if optimizer is not None:
-        sd = optimizer_state if optimizer_state is not None else optimizer.state_dict()
-        optimizer_meta, optimizer_tensors = _flatten_optimizer(sd)
-        state_tensors.update(optimizer_tensors)
-    if state_tensors:
-        save_file(state_tensors, str(tmp / STATE_FILE))
-    config = getattr(_unwrap(model), "config", None)
-    meta = {
-        "format": FORMAT_VERSION,
-        "mingpt_version": _version(),
-        "iter_num": iter_num,
-        "model_config": config.to_dict() if hasattr(config, "to_dict") else None,
-        "optimizer": optimizer_meta,
-        **(extra or {}),
-    }
-    write_json_atomic(tmp / META_FILE, meta)
-    for name in (WEIGHTS_FILE, STATE_FILE):
-        if (tmp / name).exists():
-            _fsync(tmp / name)
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
-
-
-def locate(path: str | Path, which: str = LATEST_FILE) -> tuple[dict, Path]:
-    """Find the checkpoint of a run folder (its latest, or best with which=BEST_FILE) or a
-    checkpoint folder. Returns (metadata, checkpoint folder)."""
-    path = Path(path)
-    if (path / which).exists():
-        path = path / _read_json(path / which)["checkpoint"]
-    meta_file, weights = path / META_FILE, path / WEIGHTS_FILE
-    if not meta_file.exists() or not weights.exists():
-        raise FileNotFoundError(f"{str(path)!r} holds no mingpt checkpoint ({META_FILE} and "
+def read_meta(folder: Path) -> dict:
+    """A checkpoint folder's checkpoint.json, refusing a missing, corrupt or newer one."""
+    if not (folder / META_FILE).exists() or not (folder / WEIGHTS_FILE).exists():
+        raise FileNotFoundError(f"{str(folder)!r} holds no mingpt checkpoint ({META_FILE} and "
                                 f"{WEIGHTS_FILE}); pass a run folder that has saved one")
-    meta = _read_json(meta_file)
+    meta = _read_json(folder / META_FILE)
     if meta.get("format", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {str(path)!r} has format {meta['format']}, newer than this "
+        raise CheckpointError(f"checkpoint {str(folder)!r} has format {meta['format']}, newer than this "
                               f"mingpt understands ({FORMAT_VERSION}); upgrade mingpt")
-    return meta, path
+    return meta
+
+
+def verify(folder: Path) -> dict:
+    """Check that a checkpoint is whole without loading it: its JSON parses, and each safetensors
+    file is one (not a pickle) whose header fits the file's length, which a truncated file's does
+    not. Returns its metadata; raises CheckpointError or FileNotFoundError naming the problem."""
+    meta = read_meta(folder)
+    for path in (folder / WEIGHTS_FILE, folder / STATE_FILE):
+        if path.name == STATE_FILE and not path.exists():  # (saved without training state)
+            continue
+        refuse_pickle(path)
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{str(path)!r} is truncated or corrupt ({e}); {INTACT_FIX}") from None
+    return meta
 
 
 def load_weights(model: nn.Module, folder: Path, device: str | torch.device = "cpu") -> None:
@@ -126,10 +105,9 @@ def load_weights(model: nn.Module, folder: Path, device: str | torch.device = "c
     weights = folder / WEIGHTS_FILE
     refuse_pickle(weights)
     try:
-        load_model(_unwrap(model), str(weights), strict=True, device=str(device))
+        load_model(unwrap(model), str(weights), strict=True, device=str(device))
     except SafetensorError as e:
-        raise CheckpointError(f"{str(weights)!r} is truncated or corrupt ({e}); resume from an "
-                              f"earlier checkpoint or retrain") from None
+        raise CheckpointError(f"{str(weights)!r} is truncated or corrupt ({e}); {INTACT_FIX}") from None
     except RuntimeError as e:  # missing/unexpected keys or shape mismatch
         raise CheckpointError(f"{str(weights)!r} does not fit this model ({str(e).splitlines()[0]}); "
                               f"it was saved from a different architecture or vocabulary") from None
@@ -146,8 +124,7 @@ def load_state(folder: Path, optimizer: torch.optim.Optimizer | None = None,
     try:
         tensors = load_file(str(path))
     except (SafetensorError, FileNotFoundError) as e:
-        raise CheckpointError(f"{str(path)!r} is missing, truncated or corrupt ({e}); resume from "
-                              f"an earlier checkpoint") from None
+        raise CheckpointError(f"{str(path)!r} is missing, truncated or corrupt ({e}); {INTACT_FIX}") from None
     if optimizer is not None:
         meta = _read_json(folder / META_FILE)["optimizer"]
         state = {int(i): {name: tensors.pop(f"optimizer.{i}.{name}") for name in names}
@@ -176,8 +153,7 @@ def refuse_pickle(path: Path) -> None:
     if head[:1] == b"\x80" or head[:2] == b"PK":  # pickle protocol 2+, or torch.save's zip
         raise CheckpointError(f"{str(path)!r} is a pickle / torch.save file, which can run code when "
                               f"loaded; mingpt loads only safetensors. Convert it where you trust it")
-    raise CheckpointError(f"{str(path)!r} is not a safetensors file (truncated or corrupt); resume "
-                          f"from an earlier checkpoint or retrain")
+    raise CheckpointError(f"{str(path)!r} is not a safetensors file (truncated or corrupt); {INTACT_FIX}")
 
 
 # -- RNG states: saved so that a resumed run draws exactly the numbers it would have drawn -------
@@ -243,7 +219,7 @@ def _without_tied_copies(weights: dict[str, torch.Tensor], model: nn.Module) -> 
     embedding and head): the name save_model keeps, the first in sorted order, so that both ways
     of saving write the same file."""
     names_of: dict[int, list[str]] = {}
-    for name, p in _unwrap(model).named_parameters(remove_duplicate=False):
+    for name, p in unwrap(model).named_parameters(remove_duplicate=False):
         names_of.setdefault(id(p), []).append(name)
     copies = {name for names in names_of.values() for name in sorted(names)[1:]}
     return {name: t.contiguous() for name, t in weights.items() if name not in copies}
@@ -253,43 +229,11 @@ def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{str(path)!r} is truncated or corrupt ({e}); resume from an earlier "
-                              f"checkpoint or retrain") from None
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under torch.compile or DistributedDataParallel wrappers."""
-    model = getattr(model, "_orig_mod", model)
-    return getattr(model, "module", model)
+        raise CheckpointError(f"{str(path)!r} is truncated or corrupt ({e}); {INTACT_FIX}") from None
 
 
 def _version() -> str:
-    from mingpt import __version__
-    return __version__
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _prune(work_dir: Path, keep_last: int) -> None:
-    """Delete all but the newest keep_last checkpoints, never the one best.json names."""
-    keep = set()
-    for pointer in (LATEST_FILE, BEST_FILE):
-        if (work_dir / pointer).exists():
-            keep.add(Path(_read_json(work_dir / pointer)["checkpoint"]).name)
-    folder = work_dir / "checkpoints"
-    done = sorted(p for p in folder.iterdir() if p.name.startswith("iter_") and not p.name.endswith(".tmp"))
-    keep.update(p.name for p in done[-max(keep_last, 1):])
-    for old in done:
-        if old.name not in keep:
-            shutil.rmtree(old)
+        return importlib.metadata.version("mingpt")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"

@@ -1,6 +1,7 @@
 """The `mingpt` command: `mingpt <job> [--section.key=value ...]`. It only parses and dispatches.
 
-Each job is a module with get_config() -> CfgNode and main(config); `mingpt <job> --help` lists
+Each job is a module of mingpt/jobs/ with get_config() -> CfgNode and main(config), imported
+only when it runs; `mingpt <job> --help` lists
 every key with its default. A user's mistake ends in one line on stderr and exit status 1
 (`--debug` shows the traceback instead).
 """
@@ -10,17 +11,16 @@ import importlib
 import os
 import sys
 
-from mingpt.distributed import env_rank
-from mingpt.utils import CfgNode, ConfigError
+from mingpt.utils import CfgNode, ConfigError, env_rank
 
 JOBS = {
-    "adder": ("mingpt.projects.adder", "a GPT learns n-digit addition"),
-    "chargpt": ("mingpt.projects.chargpt", "a character-level language model on any text"),
-    "prepare": ("mingpt.projects.prepare", "text files -> train.bin / val.bin token files"),
-    "train": ("mingpt.projects.train", "train or fine-tune a GPT on prepared token files"),
-    "words": ("mingpt.projects.words", "a BPE-level GPT on any text (prepare + train)"),
-    "sample": ("mingpt.sample", "sample text from a trained run"),
-    "bench": ("mingpt.bench", "speed benchmarks: mingpt against Hugging Face and a reference loop"),
+    "adder": ("mingpt.jobs.adder", "a GPT learns n-digit addition"),
+    "chargpt": ("mingpt.jobs.chargpt", "a character-level language model on any text"),
+    "prepare": ("mingpt.jobs.prepare", "text files -> train.bin / val.bin token files"),
+    "train": ("mingpt.jobs.train", "train or fine-tune a GPT on prepared token files"),
+    "words": ("mingpt.jobs.words", "a BPE-level GPT on any text (prepare + train)"),
+    "sample": ("mingpt.jobs.sample", "sample text from a trained run"),
+    "bench": ("mingpt.jobs.bench", "speed benchmarks: mingpt against Hugging Face and a reference loop"),
 }
 
 # errors a user can cause (a bad value, a missing file, no network): shown as one line

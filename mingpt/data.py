@@ -7,14 +7,16 @@ its first, so y[b, t] is the token that follows x[b, :t+1]. No Python loop per e
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mingpt.utils import cache_dir, download, write_json_atomic
+from mingpt.char import CharTokenizer  # noqa: F401  (mingpt.data.CharTokenizer, as README shows)
+from mingpt.utils import atomic_path, atomic_write, cache_dir, download, write_json
 
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -77,48 +79,6 @@ class TokenStream:
         return windows[:, :-1], windows[:, 1:]
 
 
-class CharTokenizer:
-    """Each distinct character of a text is one token: 'hello' -> [3, 2, 4, 4, 5]."""
-
-    def __init__(self, chars: list[str]) -> None:
-        self.chars = list(chars)
-        self.stoi = {ch: i for i, ch in enumerate(self.chars)}
-
-    @classmethod
-    def from_text(cls, text: str) -> "CharTokenizer":
-        return cls(sorted(set(text)))
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.chars)
-
-    def encode(self, text: str) -> list[int]:
-        unknown = sorted(set(text) - self.stoi.keys())
-        if unknown:
-            shown = "".join(unknown[:20])
-            raise ValueError(f"{len(unknown)} character(s) are not in this model's vocabulary: "
-                             f"{shown!r}; use only characters of the training text")
-        return [self.stoi[ch] for ch in text]
-
-    def decode(self, ids: list[int] | torch.Tensor) -> str:
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
-        return "".join(self.chars[i] for i in ids)
-
-    def save(self, folder: str | Path) -> None:
-        """Write folder/tokenizer.json."""
-        spec = {"type": "char", "chars": self.chars}
-        (Path(folder) / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False))
-
-    @classmethod
-    def load(cls, folder: str | Path) -> "CharTokenizer":
-        path = Path(folder) / "tokenizer.json"
-        spec = json.loads(path.read_text())
-        if spec.get("type") != "char":
-            raise ValueError(f"{path} describes a {spec.get('type')!r} tokenizer, not 'char'")
-        return cls(spec["chars"])
-
-
 def read_text(path: str | Path) -> str:
     """Read a UTF-8 text file, with a clear error when it is missing, empty or not text."""
     path = Path(path)
@@ -167,9 +127,7 @@ def corpus_path(name_or_path: str) -> Path:
         path = cache_dir() / "pydoc_topics.txt"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(builtin_corpus(), encoding="utf-8")
-            tmp.replace(path)
+            atomic_write(path, builtin_corpus())
         return path
     if name_or_path == "shakespeare" and not Path(name_or_path).exists():
         return tiny_shakespeare_path()
@@ -183,23 +141,6 @@ def load_corpus(name_or_path: str) -> str:
     if name_or_path == "shakespeare" and not Path(name_or_path).exists():
         return read_text(tiny_shakespeare_path())
     return read_text(name_or_path)
-
-
-# -- tokenizers saved with data and runs -------------------------------------------------------------
-def load_tokenizer(folder: str | Path):
-    """The tokenizer described by folder/tokenizer.json: a CharTokenizer or a BPETokenizer."""
-    from mingpt.bpe import BPETokenizer
-
-    spec_file = Path(folder) / "tokenizer.json"
-    if not spec_file.exists():
-        raise FileNotFoundError(f"{str(folder)!r} has no tokenizer.json; pass a run folder or a "
-                                f"folder made by `mingpt prepare`")
-    kind = json.loads(spec_file.read_text()).get("type")
-    if kind == "char":
-        return CharTokenizer.load(folder)
-    if kind == "bpe":
-        return BPETokenizer.load(folder)
-    raise ValueError(f"{spec_file} names an unknown tokenizer type {kind!r}")
 
 
 # -- preparing a corpus: text files -> train.bin / val.bin ------------------------------------------
@@ -234,55 +175,64 @@ def prepare_corpus(inputs: list[Path], out_dir: Path, tokenizer, val_fraction: f
     else uint32) with meta.json and the tokenizer, streaming so a corpus larger than RAM works.
 
     Each file is one document, followed by <|endoftext|> where the tokenizer has it. The last
-    val_fraction of every document (cut at a line) goes to validation.
+    val_fraction of every document (cut at a line) goes to validation. A failure midway (a bad
+    file, Ctrl-C) leaves no token file behind: both are written atomically.
     """
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
     out_dir.mkdir(parents=True, exist_ok=True)
-    eot = getattr(tokenizer, "eot_token", None)
-    counts = {"train": 0, "val": 0}
-    text_tokens = dict(counts)  # without the <|endoftext|> separators
-    tmp = {split: out_dir / f"{split}.bin.tmp" for split in counts}
-    files = {split: open(tmp[split], "wb") for split in counts}
-    total_bytes = sum(p.stat().st_size for p in inputs)
-    try:
-        with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="encoding") as progress:
-            for path in inputs:
-                val_starts_at = path.stat().st_size * (1 - val_fraction)
-                seen = 0
-                for piece in read_pieces(path):
-                    size = len(piece.encode("utf-8"))
-                    cut = 0 if seen >= val_starts_at else len(piece)
-                    if seen < val_starts_at < seen + size:  # the split falls inside this piece
-                        cut = piece.find("\n", int(len(piece) * (val_starts_at - seen) / size)) + 1 or len(piece)
-                    for split, text in (("train", piece[:cut]), ("val", piece[cut:])):
-                        ids = tokenizer.encode(text)
-                        np.asarray(ids, dtype=dtype).tofile(files[split])
-                        counts[split] += len(ids)
-                        text_tokens[split] += len(ids)
-                    seen += size
-                    progress.update(size)
-                split = "val" if seen >= val_starts_at else "train"
-                if eot is not None:
-                    np.asarray([eot], dtype=dtype).tofile(files[split])
-                    counts[split] += 1
-    except BaseException:  # a bad file, Ctrl-C...: leave no half-written token files behind
-        for t in tmp.values():
-            t.unlink(missing_ok=True)
-        raise
-    finally:
-        for f in files.values():
-            f.close()
-    if min(text_tokens.values()) == 0:
-        for t in tmp.values():
-            t.unlink()
-        raise ValueError(f"the corpus is too small to give both a training and a validation split "
-                         f"({counts['train']} / {counts['val']} tokens); add text or change "
-                         f"--data.val_fraction")
-    for split, t in tmp.items():
-        t.replace(out_dir / f"{split}.bin")
+    with ExitStack() as stack:
+        files = {split: stack.enter_context(open(stack.enter_context(atomic_path(out_dir / f"{split}.bin")), "wb"))
+                 for split in ("train", "val")}
+        counts, text_tokens = _encode_documents(inputs, tokenizer, val_fraction, files, dtype)
+        if min(text_tokens.values()) == 0:
+            raise ValueError(f"the corpus is too small to give both a training and a validation split "
+                             f"({counts['train']} / {counts['val']} tokens); add text or change "
+                             f"--data.val_fraction")
     tokenizer.save(out_dir)
     meta = {"dtype": np.dtype(dtype).name, "vocab_size": tokenizer.vocab_size,
             "train_tokens": counts["train"], "val_tokens": counts["val"],
             "sources": [str(p) for p in inputs]}
-    write_json_atomic(out_dir / "meta.json", meta)
+    write_json(out_dir / "meta.json", meta)
     return meta
+
+
+def _encode_documents(inputs: list[Path], tokenizer, val_fraction: float, files: dict[str, BinaryIO],
+                      dtype: type) -> tuple[dict[str, int], dict[str, int]]:
+    """Stream each input file's ids into files["train"] and files["val"]; returns the tokens
+    written to each, with and without the <|endoftext|> separators."""
+    eot = getattr(tokenizer, "eot_token", None)
+    counts = {"train": 0, "val": 0}
+    text_tokens = dict(counts)
+    with tqdm(total=sum(p.stat().st_size for p in inputs), unit="B", unit_scale=True, desc="encoding") as progress:
+        for path in inputs:
+            val_starts_at = path.stat().st_size * (1 - val_fraction)
+            seen = 0
+            for piece in read_pieces(path):
+                size = len(piece.encode("utf-8"))
+                cut = 0 if seen >= val_starts_at else len(piece)
+                if seen < val_starts_at < seen + size:  # the split falls inside this piece
+                    cut = piece.find("\n", int(len(piece) * (val_starts_at - seen) / size)) + 1 or len(piece)
+                for split, text in (("train", piece[:cut]), ("val", piece[cut:])):
+                    ids = tokenizer.encode(text)
+                    np.asarray(ids, dtype=dtype).tofile(files[split])
+                    counts[split] += len(ids)
+                    text_tokens[split] += len(ids)
+                seen += size
+                progress.update(size)
+            if eot is not None:
+                split = "val" if seen >= val_starts_at else "train"
+                np.asarray([eot], dtype=dtype).tofile(files[split])
+                counts[split] += 1
+    return counts, text_tokens
+
+
+def load_prepared(data_dir: Path, block_size: int) -> tuple[TokenStream, TokenStream, dict]:
+    """The train and val streams of a folder made by prepare_corpus, memory-mapped, and its meta."""
+    meta_file = data_dir / "meta.json"
+    if not meta_file.exists():
+        raise FileNotFoundError(f"{str(data_dir)!r} holds no meta.json; make it first with "
+                                f"`mingpt prepare --data.out_dir={data_dir}`")
+    meta = json.loads(meta_file.read_text())
+    train = TokenStream.from_bin(data_dir / "train.bin", meta["dtype"], block_size)
+    val = TokenStream.from_bin(data_dir / "val.bin", meta["dtype"], block_size)
+    return train, val, meta

@@ -5,10 +5,11 @@
 
 torchrun starts the processes and tells each its place (RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR, MASTER_PORT). init() joins them into one process group (gloo for CPU tensors, nccl
-for CUDA ones); replicate() wraps the model in DistributedDataParallel (every rank holds the whole
-model and gradients are averaged in backward), shard() splits it with FSDP2's fully_shard
-(parameters, gradients and optimizer state spread over the ranks). A plain process is rank 0 of 1:
-then every helper here returns at once and torch.distributed is never touched.
+for CUDA ones; runtime.setup calls it once per process); replicate() wraps the model in
+DistributedDataParallel (every rank holds the whole model and gradients are averaged in
+backward), shard() splits it with FSDP2's fully_shard (parameters, gradients and optimizer state
+spread over the ranks); parallel.py builds its strategies from them. A plain process is rank 0
+of 1: then every helper here returns at once and torch.distributed is never touched.
 """
 from __future__ import annotations
 
@@ -43,9 +44,14 @@ def _active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def env_rank() -> int:
-    """This process's rank as torchrun set it (0 outside torchrun), before any process group."""
-    return int(os.environ.get("RANK", 0))
+def place() -> Place:
+    """This process's place, read without joining anything: from the process group if there is
+    one, else from what torchrun set in the environment (rank 0 of 1 outside torchrun)."""
+    if dist.is_available() and dist.is_initialized():
+        rank = dist.get_rank()
+        return Place(rank, dist.get_world_size(), int(os.environ.get("LOCAL_RANK", rank)))
+    rank = int(os.environ.get("RANK", 0))
+    return Place(rank, int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", rank)))
 
 
 def init() -> Place:
@@ -61,8 +67,7 @@ def init() -> Place:
         # small control messages (flags, errors, RNG states) go over gloo even beside nccl
         dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
         atexit.register(_leave)
-    rank = dist.get_rank()
-    return Place(rank, dist.get_world_size(), int(os.environ.get("LOCAL_RANK", rank)))
+    return place()
 
 
 def _leave() -> None:
@@ -171,7 +176,6 @@ def run_together(fn: Callable[[], T], main_only: bool = False) -> T | None:
     """Run fn on every rank (or on rank 0 only, the others waiting for it) and raise its error on
     every rank if it failed on any: a rank that failed alone would leave the others waiting
     forever at their next collective. Returns fn's result (None where it did not run)."""
-    init()  # (a job may need this before a Trainer joins the group, e.g. to prepare its data)
     runs_here = not main_only or not _active() or dist.get_rank() == 0
     result, error = None, None
     if runs_here:

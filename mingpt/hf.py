@@ -1,27 +1,25 @@
-"""Hugging Face GPT-2 interop: load OpenAI's GPT-2 weights (or any HF GPT-2) and export ours.
+"""Hugging Face GPT-2 <-> mingpt: tensors and configs, to load OpenAI's GPT-2 weights (or any HF
+GPT-2) and to export ours. pretrained.py decides when a path is such a folder.
 
 mingpt's GPT already uses Hugging Face's parameter names, so tensors keep their names.
 One difference: HF's GPT-2 keeps its linear layers as `Conv1D`, whose weight is stored (in, out),
 where nn.Linear stores (out, in); the c_attn, c_proj and c_fc weights are transposed both ways.
 HF checkpoints may also carry the causal-mask buffers attn.bias / attn.masked_bias, which we drop
-(mingpt builds its mask on the fly), and may omit lm_head.weight, which is tied to wte anyway.
+(mingpt builds its mask on the fly), and may omit lm_head.weight, which is tied to wte unless the config says tie_word_embeddings=false.
 Weights are read from safetensors, or from pytorch_model.bin with weights_only=True: nothing
 from a downloaded file is ever unpickled as code.
 """
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from mingpt.checkpoint import _unwrap  # the plain module under torch.compile / DDP
-
-if TYPE_CHECKING:  # only for type hints: mingpt.model imports this module
-    from mingpt.model import GPT
+from mingpt.utils import atomic_path, unwrap, write_json
 
 # the hub names of OpenAI's released GPT-2 weights, and the repositories that hold them
 HUB_MODELS = {
@@ -37,6 +35,8 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
 CONV1D_SUFFIXES = (".c_attn.weight", ".c_proj.weight", ".c_fc.weight")  # in attn and mlp
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # HF's causal-mask buffers, not weights
 GELU_TANH = ("gelu_new", "gelu_pytorch_tanh")  # both are the tanh approximation mingpt uses
+GPT2_PARTS = {"norm": "layernorm", "position_encoding": "learned", "activation": "gelu_tanh",
+              "attention_pattern": ("global",)}  # the model config's parts that GPT-2 has
 
 
 def is_hf_folder(path: str | Path) -> bool:
@@ -44,7 +44,7 @@ def is_hf_folder(path: str | Path) -> bool:
     return (Path(path) / CONFIG_FILE).is_file()
 
 
-def load_hf_gpt2(cls: type[GPT], name_or_path: str | Path, device: str | torch.device = "cpu") -> GPT:
+def load_hf_gpt2(cls: type[nn.Module], name_or_path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Build a `cls` (mingpt's GPT) from a local HF GPT-2 folder or one of the HUB_MODELS names.
 
     The model comes back in training mode, like any freshly built module: call .eval() to sample.
@@ -67,10 +67,10 @@ def load_hf_gpt2(cls: type[GPT], name_or_path: str | Path, device: str | torch.d
     with torch.device("meta"):
         model = cls(config)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    state = hf_to_mingpt(read_hf_weights(path), expected, where=str(path),
-                         tied=hf_config.get("tie_word_embeddings", True))
+    state = hf_to_mingpt(read_hf_weights(path), expected, where=str(path), tied=config.tie_embeddings)
     model.load_state_dict(state, strict=True, assign=True)
-    model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced both: tie again
+    if config.tie_embeddings:
+        model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced both: tie again
     return model.to(device)
 
 
@@ -106,6 +106,8 @@ def config_from_hf(hf: dict[str, Any], where: str = CONFIG_FILE) -> dict[str, An
         embd_pdrop=hf.get("embd_pdrop", 0.1),
         resid_pdrop=hf.get("resid_pdrop", 0.1),
         attn_pdrop=hf.get("attn_pdrop", 0.1),
+        tie_embeddings=hf.get("tie_word_embeddings", True),
+        **GPT2_PARTS,
     )
 
 
@@ -152,12 +154,14 @@ def hf_to_mingpt(hf_state: dict[str, torch.Tensor], expected: dict[str, tuple[in
         conv1d = name.endswith(CONV1D_SUFFIXES) and tensor.dim() == 2  # else the shape check fails
         state[name] = tensor.t() if conv1d else tensor
     wte = state.get("transformer.wte.weight")
-    if wte is not None:
+    if tied and wte is not None:
         if head is not None and not (head.shape == wte.shape and torch.equal(head, wte)):
-            raise ValueError(f"{where}: lm_head differs from the token embedding wte; mingpt's "
-                             f"GPT ties them, as GPT-2 does, so this model cannot be loaded")
-        if head is not None or tied:
-            state["lm_head.weight"] = wte
+            raise ValueError(f"{where}: lm_head differs from the token embedding wte although "
+                             f"tie_word_embeddings is true, so transformers itself would not use it; "
+                             f"this model cannot be loaded as it was trained")
+        state["lm_head.weight"] = wte
+    elif head is not None:
+        state["lm_head.weight"] = head
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -172,39 +176,37 @@ def hf_to_mingpt(hf_state: dict[str, torch.Tensor], expected: dict[str, tuple[in
     return {name: t.to(torch.float32).contiguous() for name, t in state.items()}
 
 
-def save_hf_gpt2(model: GPT, directory: str | Path) -> Path:
+def save_hf_gpt2(model: nn.Module, directory: str | Path) -> Path:
     """Export a mingpt GPT as an HF GPT-2 folder (config.json + model.safetensors); return it.
 
     `transformers.GPT2LMHeadModel.from_pretrained(directory)` loads the result; transformers is
-    not needed to write it. Each file is written under a temporary name and renamed into place,
-    and the old config.json goes first, so a crash never leaves a config with mismatched weights.
+    not needed to write it. Each file is written atomically, and the old config.json goes first,
+    so a crash never leaves a config with mismatched weights.
     """
-    model = _unwrap(model)
+    model = unwrap(model)
+    config = config_to_hf(model)  # (refuses a model GPT-2 cannot describe, before writing)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {}
     for name, tensor in model.state_dict().items():
-        if name == "lm_head.weight":
+        if name == "lm_head.weight" and model.config.tie_embeddings:
             continue  # tied to wte: transformers re-ties it on load
         tensor = tensor.detach().to("cpu")
         state[name] = (tensor.t() if name.endswith(CONV1D_SUFFIXES) else tensor).contiguous()
-    tmp_weights = directory / "model.safetensors.tmp"
-    tmp_config = directory / f"{CONFIG_FILE}.tmp"
-    save_file(state, str(tmp_weights), metadata={"format": "pt"})  # transformers wants "format"
-    with open(tmp_config, "w") as f:
-        json.dump(config_to_hf(model), f, indent=2)
-    for tmp in (tmp_weights, tmp_config):
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
     (directory / CONFIG_FILE).unlink(missing_ok=True)
-    os.replace(tmp_weights, directory / "model.safetensors")
-    os.replace(tmp_config, directory / CONFIG_FILE)
+    with atomic_path(directory / "model.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})  # transformers wants "format"
+    write_json(directory / CONFIG_FILE, config)
     return directory
 
 
-def config_to_hf(model: GPT) -> dict[str, Any]:
-    """The HF GPT-2 config.json describing a mingpt GPT."""
+def config_to_hf(model: nn.Module) -> dict[str, Any]:
+    """The HF GPT-2 config.json describing a mingpt GPT (refused if it is not a GPT-2)."""
     c = model.config
+    for key, gpt2 in GPT2_PARTS.items():
+        if getattr(c, key) != gpt2:
+            raise ValueError(f"save_pretrained writes Hugging Face GPT-2 folders, and this model's "
+                             f"{key}={getattr(c, key)!r} is not GPT-2's {gpt2!r}")
     dtype = next(model.parameters()).dtype
     gpt2_vocab = c.vocab_size >= 50257  # GPT-2's BPE (maybe padded): <|endoftext|> is 50256
     return {
@@ -226,7 +228,7 @@ def config_to_hf(model: GPT) -> dict[str, Any]:
         "scale_attn_weights": True,
         "scale_attn_by_inverse_layer_idx": False,
         "reorder_and_upcast_attn": False,
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": c.tie_embeddings,
         "bos_token_id": 50256 if gpt2_vocab else None,
         "eos_token_id": 50256 if gpt2_vocab else None,
         "torch_dtype": str(dtype).removeprefix("torch."),

@@ -1,9 +1,11 @@
 """GPT: the GPT-2 Transformer language model, written to be read top to bottom.
 
 tokens (B, T) -> token + position embeddings -> n_layer x Block -> LayerNorm -> logits (B, T, vocab)
-A Block is pre-LayerNorm: x + attention(ln(x)), then x + mlp(ln(x)). The token embedding is
-tied to the output head, linear layers have biases, GELU is the tanh approximation: all as in
-OpenAI's GPT-2, so its weights load unchanged. Generation keeps a KV cache of past keys/values.
+A Block is pre-LayerNorm: x + attention(ln(x)), then x + mlp(ln(x)). Linear layers have biases,
+GELU is the tanh approximation, positions are learned: all as in OpenAI's GPT-2, so its weights
+load unchanged. Generation keeps a KV cache of past keys/values (generate.py).
+Each part (norm, positions, activation, the attention of each layer) is chosen once, by name, from
+the tables in layers.py; GPT-2's are the defaults.
 
 References: "Language Models are Unsupervised Multitask Learners" (GPT-2, 2019);
 "Attention Is All You Need" (2017).
@@ -11,7 +13,6 @@ References: "Language Models are Unsupervised Multitask Learners" (GPT-2, 2019);
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Iterator
 
@@ -19,8 +20,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from mingpt import checkpoint, hf
-from mingpt.linear import Linear, decoding  # nn.Linear, with faster kernels on the CPU
+from mingpt import layers, pretrained
+from mingpt.generate import KVCache, check_request, choose_next, decoding
 from mingpt.utils import CfgNode
 
 # (n_layer, n_head, n_embd) of the named model shapes
@@ -37,38 +38,15 @@ PRESETS = {
 }
 
 
-class KVCache:
-    """Keys and values of the positions seen so far, for every layer.
-
-    During generation each new token only needs its own query against all past keys, so we keep
-    the keys/values instead of recomputing them: one step costs O(T) instead of O(T^2).
-    """
-
-    def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_dim: int,
-                 device: torch.device, dtype: torch.dtype) -> None:
-        shape = (n_layer, batch_size, n_head, max_len, head_dim)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
-        self.length = 0  # positions filled so far (advanced once per forward, after all layers)
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store the new k, v (B, n_head, T, head_dim) and return all keys and values so far."""
-        keys, values = self.keys[layer], self.values[layer]
-        keys.narrow(2, self.length, k.size(2)).copy_(k)
-        values.narrow(2, self.length, v.size(2)).copy_(v)
-        end = self.length + k.size(2)
-        return keys.narrow(2, 0, end), values.narrow(2, 0, end)
-
-
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention where each position sees only itself and the past."""
 
-    def __init__(self, config: CfgNode) -> None:
+    def __init__(self, config: CfgNode, kind: str) -> None:
         super().__init__()
         self.n_head = config.n_head
-        self.c_attn = Linear(config.n_embd, 3 * config.n_embd)  # query, key, value in one matmul
-        self.c_proj = Linear(config.n_embd, config.n_embd)
-        self.attn_pdrop = config.attn_pdrop
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # query, key, value in one matmul
+        self.attend = layers.ATTENTIONS[kind](config)  # which past positions a query sees, and how
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
@@ -77,38 +55,35 @@ class CausalSelfAttention(nn.Module):
         # (B, T, C) -> (B, n_head, T, head_dim): each head attends independently
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if kv_cache is not None:
-            k, v = kv_cache.update(layer, k, v)
-        # softmax(q k^T / sqrt(head_dim)) v, masked so position t attends to positions <= t.
-        # A cache is filled by one prompt (T > 1, causal) then one token at a time (T == 1: the
-        # single new query may see every cached key, so no mask is needed).
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1,
-                                           dropout_p=self.attn_pdrop if self.training else 0.0)
+            k, v = kv_cache.update(layer, k, v)  # the keys and values of every position so far
+        y = self.attend(q, k, v)  # softmax(q k^T / sqrt(head_dim)) v over the positions allowed
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
-    """The position-wise feed-forward network: expand 4x, GELU, project back."""
+    """The position-wise feed-forward network: expand 4x, activation, project back."""
 
     def __init__(self, config: CfgNode) -> None:
         super().__init__()
-        self.c_fc = Linear(config.n_embd, 4 * config.n_embd)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2 used the tanh approximation
-        self.c_proj = Linear(4 * config.n_embd, config.n_embd)
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.act = layers.ACTIVATIONS[config.activation]()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
         self.dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
 
 class Block(nn.Module):
     """One Transformer block: communicate (attention), then compute (MLP), each on a residual."""
 
-    def __init__(self, config: CfgNode) -> None:
+    def __init__(self, config: CfgNode, attention: str) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd)
-        self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd)
+        norm = layers.NORMS[config.norm]
+        self.ln_1 = norm(config.n_embd)
+        self.attn = CausalSelfAttention(config, attention)
+        self.ln_2 = norm(config.n_embd)
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
@@ -136,21 +111,30 @@ class GPT(nn.Module):
             embd_pdrop=0.1,
             resid_pdrop=0.1,
             attn_pdrop=0.1,
+            # the output head shares the token embedding's weights (GPT-2 does; minGPT does not)
+            tie_embeddings=False,
+            # the parts, by their names in layers.py; layer i attends as attention_pattern[i % len]
+            norm="layernorm",
+            position_encoding="learned",
+            activation="gelu_tanh",
+            attention_pattern=("global",),
         )
 
     def __init__(self, config: CfgNode) -> None:
         super().__init__()
         self.config = config = resolve_config(config)
         self.block_size = config.block_size
+        pattern = config.attention_pattern
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding
-            wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embedding
+            wpe=layers.POSITIONS[config.position_encoding](config.block_size, config.n_embd),
             drop=nn.Dropout(config.embd_pdrop),
-            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd),
+            h=nn.ModuleList([Block(config, pattern[i % len(pattern)]) for i in range(config.n_layer)]),
+            ln_f=layers.NORMS[config.norm](config.n_embd),
         ))
-        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
 
         # GPT-2 init: N(0, 0.02), and the projections that write into the residual stream scaled
         # by 1/sqrt(2 n_layer) so that the stream's variance does not grow with depth
@@ -169,11 +153,19 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self) -> int:
-        """Number of parameters (the tied embedding/head counted once)."""
+        """Number of parameters (a tied embedding/head counted once)."""
         return sum(p.numel() for p in self.parameters())
 
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token, 6 N + 12 L T C: N counts the parameters without the position
+        embedding (a lookup, not a matmul), 12 L T C the attention's score and value products
+        (PaLM, appendix B)."""
+        c = self.config
+        n = self.num_params() - self.transformer.wpe.weight.numel()
+        return 6 * n + 12 * c.n_layer * c.block_size * c.n_embd
+
     def hidden_states(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        """The final (layer-normed) hidden state of every position: (B, T) -> (B, T, n_embd)."""
+        """The final (normed) hidden state of every position: (B, T) -> (B, T, n_embd)."""
         if idx.dim() != 2 or idx.dtype != torch.long:
             raise ValueError(f"idx must be a (batch, time) LongTensor, got shape {tuple(idx.shape)} "
                              f"and dtype {idx.dtype}")
@@ -182,8 +174,7 @@ class GPT(nn.Module):
         if start + T > self.block_size:
             raise ValueError(f"sequence length {start + T} exceeds block_size={self.block_size}; "
                              f"crop the input to the last {self.block_size} tokens")
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.drop(self.transformer.wpe(self.transformer.wte(idx), start))
         for layer, block in enumerate(self.transformer.h):
             x = block(x, kv_cache, layer)
         if kv_cache is not None:
@@ -207,7 +198,7 @@ class GPT(nn.Module):
         """AdamW with weight decay on the matmul weights only: decaying biases, LayerNorm gains
         and embeddings (which are lookups, not matmuls) only hurts."""
         embeddings = {id(self.transformer.wte.weight), id(self.transformer.wpe.weight)}
-        params = list(self.parameters())  # unique: the tied head/embedding appears once
+        params = list(self.parameters())  # unique: a tied head/embedding appears once
         decay = [p for p in params if p.dim() >= 2 and id(p) not in embeddings]
         no_decay = [p for p in params if p.dim() < 2 or id(p) in embeddings]
         groups = [
@@ -238,24 +229,14 @@ class GPT(nn.Module):
                         do_sample: bool = False, top_k: int | None = None,
                         top_p: float | None = None, use_cache: bool = True) -> Iterator[torch.Tensor]:
         """Like generate(), but yields each new token, shape (B, 1), as soon as it is chosen."""
-        if temperature < 0:
-            raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy)")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k={top_k} must be >= 1 (or None for no limit)")
-        if top_p is not None and not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p={top_p} must be in (0, 1] (or None for no limit)")
-        if idx.dim() != 2 or idx.size(1) == 0:
-            raise ValueError(f"idx must be a non-empty (batch, time) tensor, got shape {tuple(idx.shape)}")
-
+        check_request(idx, temperature, top_k, top_p)
         cache = None
         if use_cache and idx.size(1) < self.block_size:
-            p = next(self.parameters())
-            cache = KVCache(self.config.n_layer, idx.size(0), self.config.n_head, self.block_size,
-                            self.config.n_embd // self.config.n_head, p.device, p.dtype)
+            p, c = next(self.parameters()), self.config
+            cache = KVCache(c.n_layer, idx.size(0), c.n_head, self.block_size, c.n_embd // c.n_head,
+                            p.device, p.dtype)
         step_input = idx  # with a cache: the prompt first, then one token at a time
-        # with a cache each step multiplies a few vectors by every weight: decoding() lays the
-        # weights out for that (linear.py)
-        with decoding(self, max_new_tokens) if cache is not None else nullcontext():
+        with decoding(self, max_new_tokens if cache is not None else 0):
             for _ in range(max_new_tokens):
                 if cache is not None and cache.length + step_input.size(1) <= self.block_size:
                     h = self.hidden_states(step_input, cache)
@@ -265,58 +246,29 @@ class GPT(nn.Module):
                     cache = None
                     h = self.hidden_states(idx[:, -self.block_size:])
                 logits = self.lm_head(h[:, -1, :])
-                next_token = self._choose_next(logits, temperature, do_sample, top_k, top_p)
+                next_token = choose_next(logits, temperature, do_sample, top_k, top_p)
                 idx = torch.cat([idx, next_token], dim=1)
                 step_input = next_token
                 with torch.inference_mode(False):  # hand out an ordinary tensor, usable anywhere
                     token = next_token.clone()
                 yield token
 
-    @staticmethod
-    def _choose_next(logits: torch.Tensor, temperature: float, do_sample: bool,
-                     top_k: int | None, top_p: float | None) -> torch.Tensor:
-        """Pick the next token (B, 1) from the last position's logits (B, vocab)."""
-        if not do_sample or temperature == 0:
-            return logits.argmax(dim=-1, keepdim=True)
-        logits = logits / temperature
-        if top_k is not None:
-            kth_best = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-            logits = logits.masked_fill(logits < kth_best, float("-inf"))
-        if top_p is not None:
-            sorted_logits, order = torch.sort(logits, descending=True)
-            cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-            # drop a token when the ones ranked above it already reach top_p (keeps at least one)
-            drop_sorted = cumulative - sorted_logits.softmax(dim=-1) >= top_p
-            drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)  # back to vocab order
-            logits = logits.masked_fill(drop, float("-inf"))
-        return torch.multinomial(logits.softmax(dim=-1), num_samples=1)
-
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device = "cpu") -> "GPT":
-        """Load a model: a mingpt run folder (its latest checkpoint) or checkpoint folder, a
-        Hugging Face GPT-2 folder (config.json + weights), or OpenAI's GPT-2 by its hub name
-        (gpt2, gpt2-medium, gpt2-large, gpt2-xl; downloaded into the Hugging Face cache)."""
-        path = Path(name_or_path)
-        is_mingpt = any((path / f).exists() for f in (checkpoint.LATEST_FILE, checkpoint.META_FILE))
-        if not is_mingpt and hf.is_hf_folder(path):
-            return hf.load_hf_gpt2(cls, path, device)
-        if not path.exists():
-            if str(name_or_path) in hf.HUB_MODELS:  # a local folder of that name would win
-                return hf.load_hf_gpt2(cls, str(name_or_path), device)
-            if str(name_or_path) in PRESETS:
-                raise ValueError(f"{name_or_path!r} names a model shape without released weights; "
-                                 f"pass a mingpt run folder or one of {', '.join(hf.HUB_MODELS)}")
-            raise FileNotFoundError(f"no mingpt run or checkpoint at {str(path)!r}; pass the "
-                                    f"--system.work_dir of a finished run, a Hugging Face GPT-2 "
-                                    f"folder, or one of {', '.join(hf.HUB_MODELS)}")
-        meta, folder = checkpoint.locate(path)
-        if meta.get("model_config") is None:
-            raise ValueError(f"the checkpoint in {str(path)!r} is not of a GPT (no model config)")
-        config = GPT.get_default_config()
-        config.merge_from_dict(meta["model_config"])
-        model = cls(config)
-        checkpoint.load_weights(model, folder, device)
-        return model.to(device)
+    def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device = "cpu",
+                        checkpoint: str | None = None) -> "GPT":
+        """Load a model: a mingpt run folder (its newest intact checkpoint, or the one named by
+        `checkpoint`: 'best', 'latest' or a folder name such as 'iter_0002000') or checkpoint
+        folder, a Hugging Face GPT-2 folder (config.json + weights), or OpenAI's GPT-2 by its hub
+        name (gpt2, gpt2-medium, gpt2-large, gpt2-xl; downloaded into the Hugging Face cache)."""
+        if str(name_or_path) in PRESETS and str(name_or_path) not in pretrained.HUB_MODELS \
+                and not Path(name_or_path).exists():
+            raise ValueError(f"{name_or_path!r} names a model shape without released weights; pass "
+                             f"a mingpt run folder or one of {', '.join(pretrained.HUB_MODELS)}")
+        return pretrained.load(cls, name_or_path, device, checkpoint)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Export as a Hugging Face GPT-2 folder that transformers' GPT2LMHeadModel loads."""
+        return pretrained.save(self, directory)
 
     def crop_block_size(self, block_size: int) -> None:
         """Shrink the context to block_size (e.g. GPT-2's 1024 to 256 for a cheaper fine-tune) by
@@ -328,14 +280,11 @@ class GPT(nn.Module):
         wpe.num_embeddings = block_size
         self.block_size = self.config.block_size = block_size
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Export as a Hugging Face GPT-2 folder that transformers' GPT2LMHeadModel loads."""
-        return hf.save_hf_gpt2(self, directory)
-
 
 def resolve_config(config: CfgNode) -> CfgNode:
     """Return a copy of config with n_layer/n_head/n_embd filled in from model_type, checked."""
-    resolved = CfgNode(**config.to_dict())
+    resolved = GPT.get_default_config()  # (a config saved before a key existed gets its default)
+    resolved.merge_from_dict(config.to_dict())
     if resolved.model_type is not None:
         if resolved.model_type not in PRESETS:
             raise ValueError(f"unknown model_type {resolved.model_type!r}; choose one of "
@@ -353,4 +302,6 @@ def resolve_config(config: CfgNode) -> CfgNode:
     for key in ("embd_pdrop", "resid_pdrop", "attn_pdrop"):
         if not 0.0 <= getattr(resolved, key) < 1.0:
             raise ValueError(f"model.{key}={getattr(resolved, key)} must be in [0, 1)")
+    layers.check_choices(resolved)
+    resolved.attention_pattern = tuple(resolved.attention_pattern)
     return resolved

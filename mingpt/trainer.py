@@ -3,9 +3,9 @@
 It trains any nn.Module whose forward(x, y) returns (logits, loss) on batches from a dataset:
 either a token stream with get_batch(batch_size, generator) -> (x, y), which hands over whole
 (B, T) batches, or any map-style Dataset of (x, y) pairs (minGPT's interface). Given a work_dir it
-writes the run folder: config.json, metrics.jsonl, summary.json, loss.png and a checkpoint.
-Started by torchrun, every process builds the same Trainer and they train as one (DDP, or FSDP2
-with trainer.fsdp): each draws its own rows of every batch, and only rank 0 writes.
+writes the run folder (run_folder.py). Its parts live apart: the schedule and optimizers in
+optim.py, how several processes train together in parallel.py, process set-up in runtime.py,
+validation in evaluate.py, the checkpoint format in checkpoint.py.
 """
 from __future__ import annotations
 
@@ -13,14 +13,11 @@ import inspect
 import json
 import logging
 import math
-import shutil
 import signal
 import threading
 import time
 from collections import defaultdict
-from contextlib import contextmanager
-from functools import partial
-from itertools import islice
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -29,8 +26,10 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from mingpt import checkpoint, distributed
-from mingpt.utils import CfgNode, keep_freed_memory, write_json_atomic
+from mingpt import checkpoint, distributed, evaluate, kernels, optim, parallel, runtime
+from mingpt.distributed import Place
+from mingpt.run_folder import RunFolder
+from mingpt.utils import CfgNode
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +56,9 @@ class Trainer:
             weight_decay=0.1,  # applied only where the model's configure_optimizers says
             grad_norm_clip=1.0,  # 0 disables clipping
             warmup_iters=0,  # linear warmup from 0 to learning_rate
-            lr_decay=True,  # cosine decay to min_lr_ratio * learning_rate at max_iters
+            lr_decay=False,  # cosine decay to min_lr_ratio * learning_rate at max_iters (minGPT: constant)
             min_lr_ratio=0.1,
-            eval_interval=250,  # iterations between validation evaluations
+            eval_interval=250,  # iterations between validation evaluations (and checkpoints)
             eval_iters=50,  # batches per evaluation (None: the whole validation set)
             log_interval=10,  # iterations between rows of metrics.jsonl
             keep_last=2,  # checkpoints kept (saved every eval_interval; the best is kept too)
@@ -68,57 +67,50 @@ class Trainer:
         )
 
     def __init__(self, config: CfgNode, model: nn.Module, train_dataset: Dataset,
-                 val_dataset: Dataset | None = None, work_dir: str | Path | None = None,
-                 run_config: dict | None = None, resume: bool = False, overwrite: bool = False) -> None:
+                 val_dataset: Dataset | None = None, work_dir: str | Path | RunFolder | None = None,
+                 run_config: dict | None = None, resume: bool = False, overwrite: bool = False,
+                 checkpoint: str | None = None) -> None:
         """work_dir: the run folder (None writes nothing). A folder that already holds a run is
-        refused unless resume=True (continue from its latest checkpoint, exactly) or
-        overwrite=True (start over).
+        refused unless resume=True (continue from its newest intact checkpoint, or the one
+        `checkpoint` names, exactly) or overwrite=True (start over).
 
-        Under torchrun (or in a process group you set up) it joins the job: see mingpt/distributed.py.
+        Nothing happens until run(): then the process is set up (runtime.setup: under torchrun it
+        joins the job, see mingpt/distributed.py) and the run folder prepared.
         """
         check_config(config)
         self.config = config
-        self.place = distributed.init()  # rank 0 of 1 outside torchrun
-        self.device = distributed.local_device(resolve_device(config.device), self.place)
-        if self.device.type == "cpu":
-            keep_freed_memory()  # no page faults for re-allocated activations (see its docstring)
-        self.amp_dtype = resolve_dtype(config.dtype, self.device)  # None: plain fp32
-        if self.device.type == "cuda" and config.dtype != "fp32":
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        chosen = runtime.choose(config.device, config.dtype)  # (worked out; nothing is changed)
+        self.place, self.device, self.amp_dtype = chosen.place, chosen.device, chosen.amp_dtype
         self.grad_accum_steps = resolve_accumulation(config, self.place.world_size)
-        self._sharded = config.fsdp and self.place.world_size > 1
-        # a model to be sharded goes to the device unit by unit as it is sharded (in run)
-        self.model = model if self._sharded else model.to(self.device)
+        self.strategy = parallel.choose(config.fsdp, self.place)
+        self.model = model
         self.train_dataset = train_dataset
         self.val_dataset = val_dataset
-        self.work_dir = Path(work_dir) if work_dir is not None else None
+        self.run_folder = work_dir if isinstance(work_dir, RunFolder) or work_dir is None else RunFolder(work_dir)
+        self.work_dir = self.run_folder.path if self.run_folder is not None else None
+        self.resume, self.overwrite, self.checkpoint = resume, overwrite, checkpoint
         global_batch = config.batch_size * self.grad_accum_steps * self.place.world_size
         self.run_config = {  # with what the environment and 'auto' settings made of the config
             **(run_config if run_config is not None else {"trainer": config.to_dict()}),
             "resolved": {"world_size": self.place.world_size, "grad_accum_steps": self.grad_accum_steps,
-                         "global_batch_size": global_batch, "dtype": dtype_name(self.amp_dtype)}}
+                         "global_batch_size": global_batch, "dtype": runtime.dtype_name(self.amp_dtype)}}
         self.callbacks: dict[str, list[Callable[[Trainer], None]]] = defaultdict(list)
         self.optimizer: torch.optim.Optimizer | None = None
+        self.scaler: torch.amp.GradScaler | None = None
+        self.generator: torch.Generator | None = None  # draws the training batches (in run)
         # state visible to callbacks (minGPT's names)
         self.iter_num = 0  # iterations completed before the current one
         self.iter_time = 0.0
         self.iter_dt = 0.0
         self.loss: torch.Tensor | None = None
         self.val_loss: float | None = None
+        self.best_val = math.inf
+        self.train_seconds = 0.0
         self.metrics: list[dict] = []  # every row written to metrics.jsonl
         self.summary: dict[str, Any] = {}  # projects may add their final figures here
         self._pending: dict[str, Any] = {}
         self._stop_requested = False
         self._signal: int | None = None
-        # draws the training batches, the same numbers on every rank (each takes its own rows);
-        # saved in checkpoints so a resumed run sees the same data
-        self.generator = torch.Generator().manual_seed(distributed.from_main(torch.initial_seed()))
-        if self.place.rank > 0:  # dropout, though, differs: rank r draws from seed + r
-            torch.manual_seed(torch.initial_seed() + self.place.rank)
-        self.resume = resume
-        if self.work_dir is not None:  # every rank checks; then rank 0 alone writes
-            clear = distributed.run_together(lambda: check_run_folder(self.work_dir, resume, overwrite))
-            distributed.run_together(lambda: make_run_folder(self.work_dir, clear), main_only=True)
 
     @property
     def is_main(self) -> bool:
@@ -144,80 +136,24 @@ class Trainer:
         """End training after the current iteration (e.g. once a test set is solved)."""
         self._stop_requested = True
 
-    # -- the schedule ------------------------------------------------------------------------------
     def lr_at(self, it: int) -> float:
-        """Learning rate of iteration `it`: linear warmup, then cosine decay to a floor."""
-        c = self.config
-        if it < c.warmup_iters:
-            return c.learning_rate * (it + 1) / c.warmup_iters
-        if not c.lr_decay or c.max_iters is None:
-            return c.learning_rate
-        progress = min(1.0, (it - c.warmup_iters) / max(1, c.max_iters - c.warmup_iters))
-        min_lr = c.learning_rate * c.min_lr_ratio
-        return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (c.learning_rate - min_lr)
+        """Learning rate of iteration `it` (optim.lr_at)."""
+        return optim.lr_at(it, self.config)
 
-    # -- data --------------------------------------------------------------------------------------
-    def _batches(self, dataset: Dataset) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Endless training data on the device, one optimizer step at a time: this rank's
-        grad_accum_steps x batch_size rows of a global batch drawn from self.generator.
-
-        Every rank draws the same global batch from its copy of the generator and takes rows
-        [rank * n, (rank + 1) * n). So no two ranks see the same row, 2 ranks with batch b train
-        on exactly the examples of 1 rank with batch 2b (or with 2 micro-batches of b), and a
-        resumed run draws on from the saved generator.
-        """
-        c, place, cuda = self.config, self.place, self.device.type == "cuda"
-        n = c.batch_size * self.grad_accum_steps
-        rows, size = slice(place.rank * n, (place.rank + 1) * n), n * place.world_size
-        if hasattr(dataset, "get_batch"):
-            # a stream that can cut only some rows (TokenStream) need not read the other ranks'
-            cut_rows = place.world_size > 1 and "rows" in inspect.signature(dataset.get_batch).parameters
-
-            def draw() -> tuple[torch.Tensor, torch.Tensor]:
-                if cut_rows:
-                    return dataset.get_batch(size, self.generator, rows=rows)
-                x, y = dataset.get_batch(size, self.generator)
-                return x[rows], y[rows]
-
-            batches: Iterator = (draw() for _ in iter(int, 1))
-        else:  # minGPT's per-example datasets: a DataLoader fetches the rows the generator picks
-            steps = (torch.randint(len(dataset), (size,), generator=self.generator)[rows].tolist()
-                     for _ in iter(int, 1))
-            batches = iter(DataLoader(dataset, batch_sampler=steps, num_workers=c.num_workers))
-        for x, y in batches:
-            if cuda:
-                x, y = x.pin_memory(), y.pin_memory()
-            yield x.to(self.device, non_blocking=cuda), y.to(self.device, non_blocking=cuda)
-
-    @torch.no_grad()
-    def evaluate(self, dataset: Dataset) -> float:
-        """Mean loss over fixed batches of dataset (the same ones every call). Several ranks share
-        them out (rank r takes every world_size-th) and add up; sharded (FSDP), every rank must
-        join every forward, so each evaluates them all."""
-        c, place = self.config, self.place
-        if hasattr(dataset, "eval_batches"):
-            batches = dataset.eval_batches(c.batch_size, c.eval_iters)
-        else:
-            batches = islice(DataLoader(dataset, batch_size=c.batch_size, shuffle=False), c.eval_iters)
-        share = place.world_size > 1 and not self._sharded
-        self.model.eval()
-        total, count = torch.zeros((), device=self.device), 0
-        for i, (x, y) in enumerate(batches):
-            if share and i % place.world_size != place.rank:
-                continue
-            with self._autocast():
-                _, loss = self.model(x.to(self.device), y.to(self.device))
-            total += loss.float() * len(x)
-            count += len(x)
-        self.model.train()
-        sums = torch.stack([total, torch.tensor(float(count), device=self.device)])
-        if share:
-            distributed.total(sums)  # every rank's share
-        return (sums[0] / sums[1].clamp(min=1)).item()
-
-    def _autocast(self):
-        """Mixed precision around the forward pass (a no-op context for fp32)."""
+    def autocast(self) -> AbstractContextManager:
+        """Mixed precision around a forward pass (a no-op context for fp32)."""
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def batches(self, dataset: Dataset) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Endless training data from dataset, one optimizer step at a time (see draw_batches)."""
+        return draw_batches(dataset, self.generator, self.place, self.config.batch_size * self.grad_accum_steps,
+                            self.device, self.config.num_workers)
+
+    def evaluate(self, dataset: Dataset) -> float:
+        """Mean loss over fixed batches of dataset (the same ones every call)."""
+        share = self.strategy.shares_evaluation
+        return evaluate.val_loss(self.model, dataset, self.config.batch_size, self.config.eval_iters,
+                                 self.device, self.autocast, self.place, share)
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -225,136 +161,56 @@ class Trainer:
 
         SIGINT / SIGTERM end the run after the current iteration, with a checkpoint saved.
         """
-        model, c = self.model, self.config
-        self.best_val, self.train_seconds = math.inf, 0.0
-        if self.resume:  # the weights first: into the model as built, before it is wrapped or sharded
-            meta, folder = self._checkpoint_to_resume()
-            checkpoint.load_weights(model, folder, self.device)
-        # compiled once, on the first step (its cost is in summary.json as compile_s); evaluation
-        # keeps the plain module, whose last batch may have another shape
-        compiling = bool(c.compile or (c.compile is None and self.device.type == "cuda"))
-        self._step_model = self._training_module(compiling)
-        if hasattr(model, "configure_optimizers"):  # (after sharding: it holds the shards)
-            self.optimizer = model.configure_optimizers(c)
-        else:
-            self.optimizer = torch.optim.AdamW(model.parameters(), lr=c.learning_rate,
-                                               betas=tuple(c.betas), weight_decay=c.weight_decay)
-        # fp16 needs its loss scaled so that small gradients do not underflow; otherwise a no-op.
-        # (Sharded, a rank sees only its shards' gradients: DTensor takes the overflow flag's
-        # maximum over the ranks, so all skip a step together.)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        if self.resume:
-            self._restore(meta, folder)
-        metrics_file = self._open_metrics()
-        batches = self._batches(self.train_dataset)
-        window = _LogWindow(self.iter_num)
-        tokens_per_iter = 0
-        model.train()
+        c = self._start()
+        batches = self.batches(self.train_dataset)
+        window, tokens_per_iter, stopping = _LogWindow(self.iter_num), 0, False
         run_start = self.iter_time = time.time()
         progress = tqdm(total=c.max_iters, initial=self.iter_num, disable=not (c.progress_bar and self.is_main),
                         mininterval=1.0, dynamic_ncols=True, desc="training")
-        stopping = False
         try:
             with _signals_stop(self):
                 while (c.max_iters is None or self.iter_num < c.max_iters) and not stopping:
                     lr = self.lr_at(self.iter_num)
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = lr
-                    self.loss, tokens_per_iter = self._step(batches)  # no host sync per step
-                    if compiling:  # the first step compiles: report it apart, not as training time
-                        self.summary["compile_s"] = time.time() - self.iter_time
-                        window.paused += self.summary["compile_s"]
-                        compiling = False
+                    optim.set_lr(self.optimizer, lr)
+                    self.loss, tokens_per_iter = self._step(next(batches))  # no host sync per step
+                    window.paused += self._compile_seconds()
                     window.losses.append(self.loss)
                     now = time.time()
                     self.iter_dt, self.iter_time = now - self.iter_time, now
                     done = self.iter_num + 1
-                    last = done == c.max_iters
-                    save_due = done % c.eval_interval == 0 or last
+                    due = done % c.eval_interval == 0 or done == c.max_iters  # evaluate and save
 
                     paused_at = time.time()  # evaluation and callbacks are not training time
-                    improved = False
-                    if self.val_dataset is not None and save_due:
-                        self.val_loss = self.evaluate(self.val_dataset)
-                        self.log(val_loss=self.val_loss)
-                        if self.val_loss < self.best_val:
-                            self.best_val = self.summary["val_loss"] = self.val_loss
-                            improved = True
-                        self.trigger_callbacks("on_eval_end")
+                    improved = due and self._validate()
                     self.trigger_callbacks("on_batch_end")
                     window.paused += time.time() - paused_at
                     self.iter_num = done
                     progress.update(1)
 
-                    # every rank must stop, and write a row, at the same iteration: a signal or a
-                    # callback's stop() may come to some ranks only. (The signal is read first and
-                    # never cleared here: one that lands between these reads stops the next iteration.)
-                    signum = self._signal or 0
-                    stop, pending, signum = distributed.max_over_ranks(
-                        self._stop_requested or signum > 0, bool(self._pending), signum)
-                    stopping = bool(stop)
-                    if signum:
-                        self._signal = signum
-                    save_due = save_due or stopping
-                    if done % c.log_interval == 0 or pending or save_due:
-                        row = window.close(done, lr, tokens_per_iter, self._pending)
-                        row["elapsed_s"] = time.time() - run_start
-                        self.train_seconds += row["ms"] * (done - window.start_iter) / 1000
-                        self._pending = {}
-                        self.metrics.append(row)
-                        if metrics_file is not None:
-                            metrics_file.write(json.dumps(row) + "\n")
-                            metrics_file.flush()
-                        progress.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
-                        window = _LogWindow(done)
-                    if save_due:  # after the row, so a resumed run has every row up to here
+                    stopping, pending = self._agree_to_stop()
+                    if done % c.log_interval == 0 or pending or due or stopping:
+                        window = self._write_row(window, done, lr, tokens_per_iter, run_start, progress)
+                    if due or stopping:  # after the row, so a resumed run has every row up to here
                         self._save_checkpoint(best=improved)
         finally:
             progress.close()
-            if metrics_file is not None:
-                metrics_file.close()
+            if self.run_folder is not None:
+                self.run_folder.close_metrics()
         if self._signal is not None:
             raise KeyboardInterrupt(f"stopped by signal {self._signal} after iteration {self.iter_num}"
                                     + ("; checkpoint saved, continue with --system.resume=true"
-                                       if self.work_dir is not None else ""))
+                                       if self.run_folder is not None else ""))
+        return self._finish(run_start, tokens_per_iter)
 
-        self.summary = {
-            "iters": self.iter_num,
-            "wall_s": time.time() - run_start,
-            "ms_per_iter": 1000 * self.train_seconds / max(self.iter_num, 1),
-            "tokens_per_s": tokens_per_iter * self.iter_num / max(self.train_seconds, 1e-9),
-            "final_loss": self.metrics[-1]["loss"] if self.metrics else None,
-            **self.summary,
-        }
-        self.trigger_callbacks("on_train_end")
-        if self.work_dir is not None and self.is_main:
-            write_json_atomic(self.work_dir / "summary.json", self.summary)
-            plot_losses(self.metrics, self.work_dir / "loss.png")
-        return self.summary
-
-    def _training_module(self, compiling: bool) -> nn.Module:
-        """What the training step calls: the model, compiled if asked, and with several
-        processes sharded in place (FSDP2, then compiled) or replicated (DDP around the compiled
-        model, as nanoGPT does: DDP's no_sync then works as in eager mode)."""
-        model = self.model
-        if self._sharded:
-            model = distributed.shard(model, self.device, self.amp_dtype)
-        if compiling:
-            model = torch.compile(model)
-        if self.place.world_size > 1 and not self._sharded:
-            model = distributed.replicate(model, self.device)
-        return model
-
-    def _step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, int]:
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
         """One optimizer step over grad_accum_steps micro-batches; returns this rank's mean loss
         (still on the device) and the number of tokens all ranks saw."""
         c, accum = self.config, self.grad_accum_steps
-        x_all, y_all = next(batches)
+        x_all, y_all = batch
         loss_sum = torch.zeros((), device=self.device)
         for i, (x, y) in enumerate(zip(x_all.split(c.batch_size), y_all.split(c.batch_size))):
-            # DDP averages the gradients over the ranks once, in the last micro-batch's backward
-            with distributed.no_sync(self._step_model, skip=i < accum - 1):
-                with self._autocast():
+            with self.strategy.no_sync(self._step_model, last_micro_batch=i == accum - 1):
+                with self.autocast():
                     _, loss = self._step_model(x, y)
                 self.scaler.scale(loss / accum).backward()
             loss_sum += loss.detach()
@@ -364,28 +220,109 @@ class Trainer:
         self.scaler.step(self.optimizer)  # (fp16: skipped if a gradient overflowed)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        self.strategy.after_step(self.model, self.optimizer)
         return loss_sum / accum, x_all.numel() * self.place.world_size
 
-    # -- the run folder and checkpoints ----------------------------------------------------------
-    def _open_metrics(self):
-        """Write config.json and open metrics.jsonl (a resumed run keeps the rows up to its
-        checkpoint and drops any written after it). Rank 0 only."""
-        if self.work_dir is None or not self.is_main:
-            return None
-        write_json_atomic(self.work_dir / "config.json", self.run_config)  # (make_run_folder made the folder)
-        lines = [json.dumps(row) + "\n" for row in self.metrics]
-        tmp = self.work_dir / "metrics.jsonl.tmp"
-        tmp.write_text("".join(lines))
-        tmp.replace(self.work_dir / "metrics.jsonl")
-        return open(self.work_dir / "metrics.jsonl", "a")
+    # -- the steps of the loop -----------------------------------------------------------------------
+    def _start(self) -> CfgNode:
+        """Everything before the first step: set the process up, prepare the run folder, put the
+        model together with its kernels, strategy and optimizer, and resume if asked."""
+        c = self.config
+        self.place = runtime.setup(c.device, c.dtype).place  # (idempotent: a job may have done it)
+        if self.run_folder is not None and not self.run_folder.prepared:
+            self.run_folder.prepare(self.resume, self.overwrite)
+        # the same numbers on every rank (each takes its own rows); saved in checkpoints
+        self.generator = torch.Generator().manual_seed(distributed.from_main(torch.initial_seed()))
+        if self.device.type == "cpu" and kernels.kernels_of(self.model) is None:
+            kernels.use_cpu_kernels(self.model)  # faster large products (kernels/linear.py)
+        if self.resume:  # the weights first: into the model as built, before it is wrapped or sharded
+            meta, folder = self._checkpoint_to_resume()
+            checkpoint.load_weights(self.model, folder, self.device)
+        # compiled once, on the first step (its cost is in summary.json as compile_s); evaluation
+        # keeps the plain module, whose last batch may have another shape
+        self._compiling = bool(c.compile or (c.compile is None and self.device.type == "cuda"))
+        self._step_model = self.strategy.wrap(self.model, self.device, self.amp_dtype, self._compiling)
+        self.optimizer = optim.build(self.model, c)  # (after sharding: it holds the shards)
+        # fp16 needs its loss scaled so that small gradients do not underflow; otherwise a no-op.
+        # (Sharded, a rank sees only its shards' gradients: DTensor takes the overflow flag's
+        # maximum over the ranks, so all skip a step together.)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        if self.resume:
+            self._restore(meta, folder)
+        if self.run_folder is not None and self.is_main:
+            self.run_folder.write_config(self.run_config)
+            self.run_folder.start_metrics(self.metrics)
+        self.model.train()
+        return c
 
+    def _compile_seconds(self) -> float:
+        """After the first step of a compiled run: its time, which was compiling (summary.json's
+        compile_s), so that it is not counted as training time. 0 otherwise."""
+        if not self._compiling:
+            return 0.0
+        self._compiling = False
+        self.summary["compile_s"] = time.time() - self.iter_time
+        return self.summary["compile_s"]
+
+    def _validate(self) -> bool:
+        """Evaluate on the validation set (if any); returns whether it is the best so far."""
+        if self.val_dataset is None:
+            return False
+        self.val_loss = self.evaluate(self.val_dataset)
+        self.log(val_loss=self.val_loss)
+        improved = self.val_loss < self.best_val
+        if improved:
+            self.best_val = self.summary["val_loss"] = self.val_loss
+        self.trigger_callbacks("on_eval_end")
+        return improved
+
+    def _agree_to_stop(self) -> tuple[bool, bool]:
+        """(stop now, a row is pending), the same on every rank: a signal or a callback's stop()
+        may come to some ranks only, and every rank must stop, and write a row, at the same
+        iteration. (The signal is read first and never cleared here: one that lands between these
+        reads stops the next iteration.)"""
+        signum = self._signal or 0
+        stop, pending, signum = distributed.max_over_ranks(self._stop_requested or signum > 0,
+                                                           bool(self._pending), signum)
+        if signum:
+            self._signal = signum
+        return bool(stop), bool(pending)
+
+    def _write_row(self, window: _LogWindow, done: int, lr: float, tokens_per_iter: int, run_start: float,
+                   progress: tqdm) -> _LogWindow:
+        """Close the logging window into a metrics row (metrics.jsonl); returns the next window."""
+        row = window.close(done, lr, tokens_per_iter, self._pending)
+        row["elapsed_s"] = time.time() - run_start
+        self.train_seconds += row["ms"] * (done - window.start_iter) / 1000
+        self._pending = {}
+        self.metrics.append(row)
+        if self.run_folder is not None and self.is_main:
+            self.run_folder.append_metrics(row)
+        progress.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
+        return _LogWindow(done)
+
+    def _finish(self, run_start: float, tokens_per_iter: int) -> dict[str, Any]:
+        self.summary = {
+            "iters": self.iter_num,
+            "wall_s": time.time() - run_start,
+            "ms_per_iter": 1000 * self.train_seconds / max(self.iter_num, 1),
+            "tokens_per_s": tokens_per_iter * self.iter_num / max(self.train_seconds, 1e-9),
+            "final_loss": self.metrics[-1]["loss"] if self.metrics else None,
+            **self.summary,
+        }
+        self.trigger_callbacks("on_train_end")
+        if self.run_folder is not None and self.is_main:
+            self.run_folder.write_summary(self.summary)
+            self.run_folder.plot(self.metrics)
+        return self.summary
+
+    # -- checkpoints ----------------------------------------------------------------------------------
     def _save_checkpoint(self, best: bool = False) -> None:
         """Every rank takes part (its RNG states; its shards under FSDP); rank 0 writes."""
-        if self.work_dir is None:
+        if self.run_folder is None:
             return
         rng_states = distributed.gather(checkpoint.rng_state())
-        weights, optimizer_state = (distributed.full_state(self.model, self.optimizer) if self._sharded
-                                    else (None, None))
+        weights, optimizer_state = self.strategy.full_state(self.model, self.optimizer)
 
         def write() -> None:
             rng_json, rng_tensors = checkpoint.pack_rng_states(rng_states)
@@ -395,15 +332,15 @@ class Trainer:
                      "grad_scaler": self.scaler.state_dict(), "run_config": self.run_config,
                      "metrics": self.metrics}
             tensors = {**rng_tensors, "data.generator": self.generator.get_state()}
-            checkpoint.save(self.work_dir, self.model, self.iter_num, extra=state, optimizer=self.optimizer,
-                            tensors=tensors, keep_last=self.config.keep_last, best=best, weights=weights,
-                            optimizer_state=optimizer_state)
+            self.run_folder.save_checkpoint(self.model, self.iter_num, keep_last=self.config.keep_last,
+                                            best=best, extra=state, optimizer=self.optimizer, tensors=tensors,
+                                            weights=weights, optimizer_state=optimizer_state)
 
         distributed.run_together(write, main_only=True)  # a failed save (full disk) stops every rank
 
     def _checkpoint_to_resume(self) -> tuple[dict, Path]:
-        """The latest checkpoint's metadata and folder, with a warning if the settings changed."""
-        meta, folder = checkpoint.locate(self.work_dir)
+        """The checkpoint to resume from, with a warning if the settings changed."""
+        meta, folder = self.run_folder.find_checkpoint(self.checkpoint)
         changed = _changed_keys(meta["run_config"], json.loads(json.dumps(self.run_config)))
         if changed and self.is_main:
             log.warning(f"resuming with changed settings ({', '.join(changed)}): the run will not "
@@ -412,10 +349,9 @@ class Trainer:
 
     def _restore(self, meta: dict, folder: Path) -> None:
         """Continue exactly where the checkpoint in folder left off: optimizer, iteration, RNGs
-        (each rank its own), data order, metrics. (run() has loaded the weights.)"""
-        set_optimizer_state = (partial(distributed.load_full_optimizer_state, self.model, self.optimizer)
-                               if self._sharded else None)
-        tensors = checkpoint.load_state(folder, self.optimizer, set_optimizer_state)
+        (each rank its own), data order, metrics. (_start has loaded the weights.)"""
+        loader = self.strategy.optimizer_state_loader(self.model, self.optimizer)
+        tensors = checkpoint.load_state(folder, self.optimizer, loader)
         self.generator.set_state(tensors["data.generator"])
         rng = checkpoint.unpack_rng_state(meta["rng"], tensors, self.place.rank)
         if rng is None:
@@ -435,6 +371,39 @@ class Trainer:
         log.info(f"resuming from {folder} (iteration {self.iter_num})")
 
 
+def draw_batches(dataset: Dataset, generator: torch.Generator, place: Place, rows_per_rank: int,
+                 device: torch.device, num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless training data on the device, one optimizer step at a time: this rank's
+    rows_per_rank rows (batch_size x grad_accum_steps) of a global batch drawn from generator.
+
+    Every rank draws the same global batch from its copy of the generator and takes rows
+    [rank * n, (rank + 1) * n). So no two ranks see the same row, 2 ranks with batch b train
+    on exactly the examples of 1 rank with batch 2b (or with 2 micro-batches of b), and a
+    resumed run draws on from the saved generator.
+    """
+    n, cuda = rows_per_rank, device.type == "cuda"
+    rows, size = slice(place.rank * n, (place.rank + 1) * n), n * place.world_size
+    if hasattr(dataset, "get_batch"):
+        # a stream that can cut only some rows (TokenStream) need not read the other ranks'
+        cut_rows = place.world_size > 1 and "rows" in inspect.signature(dataset.get_batch).parameters
+
+        def draw() -> tuple[torch.Tensor, torch.Tensor]:
+            if cut_rows:
+                return dataset.get_batch(size, generator, rows=rows)
+            x, y = dataset.get_batch(size, generator)
+            return x[rows], y[rows]
+
+        batches: Iterator = (draw() for _ in iter(int, 1))
+    else:  # minGPT's per-example datasets: a DataLoader fetches the rows the generator picks
+        steps = (torch.randint(len(dataset), (size,), generator=generator)[rows].tolist()
+                 for _ in iter(int, 1))
+        batches = iter(DataLoader(dataset, batch_sampler=steps, num_workers=num_workers))
+    for x, y in batches:
+        if cuda:
+            x, y = x.pin_memory(), y.pin_memory()
+        yield x.to(device, non_blocking=cuda), y.to(device, non_blocking=cuda)
+
+
 def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two nested config dicts (resume flags aside)."""
     changed = []
@@ -442,45 +411,9 @@ def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             changed += _changed_keys(a, b, f"{prefix}{key}.")
-        elif a != b and key not in ("resume", "overwrite", "max_iters"):
+        elif a != b and key not in ("resume", "overwrite", "max_iters", "checkpoint"):
             changed.append(f"{prefix}{key}")
     return changed
-
-
-def check_run_folder(work_dir: Path, resume: bool, overwrite: bool) -> bool:
-    """Refuse to start a new run over an old one by accident. Only reads (every rank checks);
-    returns whether an old run is to be cleared (overwrite)."""
-    holds_run = (work_dir / "config.json").exists() or (work_dir / checkpoint.LATEST_FILE).exists()
-    if resume:
-        if not (work_dir / checkpoint.LATEST_FILE).exists():
-            raise FileNotFoundError(f"nothing to resume: {str(work_dir)!r} has no checkpoint; "
-                                    f"start without --system.resume=true")
-        return False
-    if holds_run and not overwrite:
-        raise FileExistsError(f"{str(work_dir)!r} already holds a run; continue it with "
-                              f"--system.resume=true, start over with --system.overwrite=true, "
-                              f"or choose another --system.work_dir")
-    return holds_run
-
-
-def make_run_folder(work_dir: Path, clear: bool) -> None:
-    """Clear the old run if asked, and refuse an unwritable folder early (rank 0 only)."""
-    if clear:
-        for name in ("checkpoints", checkpoint.LATEST_FILE, checkpoint.BEST_FILE, "metrics.jsonl",
-                     "summary.json", "loss.png"):
-            target = work_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    try:
-        work_dir.mkdir(parents=True, exist_ok=True)
-        probe = work_dir / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise PermissionError(f"cannot write to {str(work_dir)!r} ({e.strerror}); choose another "
-                              f"--system.work_dir") from None
 
 
 @contextmanager
@@ -529,35 +462,6 @@ class _LogWindow:
                 "tokens_per_s": tokens_per_iter * 1000 / ms, **extra}
 
 
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> the best device present (cuda, then mps, then cpu); anything else as given."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
-
-
-DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # trainer.dtype -> autocast
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype that trainer.dtype means on device; None is plain fp32. 'auto' is bf16
-    on a CUDA card that has it, fp16 on older cards, and fp32 elsewhere: on a CPU without AMX
-    (most), bf16 is several times slower than fp32."""
-    if name != "auto":
-        return DTYPES[name]
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def dtype_name(dtype: torch.dtype | None) -> str:
-    return next(name for name, value in DTYPES.items() if value == dtype)
-
-
 def resolve_accumulation(c: CfgNode, world_size: int) -> int:
     """Micro-batches per optimizer step: grad_accum_steps, or what makes up global_batch_size."""
     if c.global_batch_size is None:
@@ -583,35 +487,11 @@ def check_config(c: CfgNode) -> None:
         problems.append(f"trainer.max_iters={c.max_iters} must be >= 0 (or None)")
     if c.global_batch_size is not None and c.global_batch_size < 1:
         problems.append(f"trainer.global_batch_size={c.global_batch_size} must be >= 1 (or None)")
-    if c.dtype not in ("auto", *DTYPES):
-        problems.append(f"trainer.dtype={c.dtype!r} must be one of 'auto', {', '.join(map(repr, DTYPES))}")
+    if c.dtype not in ("auto", *runtime.DTYPES):
+        problems.append(f"trainer.dtype={c.dtype!r} must be one of 'auto', {', '.join(map(repr, runtime.DTYPES))}")
     if c.compile not in (None, True, False):
         problems.append(f"trainer.compile={c.compile!r} must be True, False or None (on CUDA only)")
     if c.eval_interval < 1 or c.log_interval < 1:
         problems.append("trainer.eval_interval and trainer.log_interval must be >= 1")
     if problems:
         raise ValueError("; ".join(problems))
-
-
-def plot_losses(rows: list[dict], path: Path) -> None:
-    """Draw training and validation loss against iteration into a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    train = [(r["iter"], r["loss"]) for r in rows if "loss" in r]
-    val = [(r["iter"], r["val_loss"]) for r in rows if "val_loss" in r]
-    if train:
-        ax.plot(*zip(*train), label="train loss", linewidth=1)
-    if val:
-        ax.plot(*zip(*val), "o-", label="val loss")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)

@@ -1,27 +1,28 @@
-"""Configuration and small helpers shared by every part of mingpt.
+"""Configuration and small helpers shared by every part of mingpt (it imports nothing of mingpt).
 
 CfgNode holds a run's configuration as nested sections (system, model, trainer, data, ...) with
 defaults in one place; the command line overrides them with `--section.key=value`. Every value's
 type is fixed by its default, so a typo or a wrong type is refused with a message, not ignored.
+Also: seeding, logging, the one way mingpt writes a file (atomic_path), and downloads.
 """
 from __future__ import annotations
 
 import ast
-import ctypes
 import hashlib
 import json
 import logging
 import os
 import random
+import shutil
 import sys
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
-
-from mingpt.distributed import env_rank
+import torch.nn as nn
 
 
 class ConfigError(ValueError):
@@ -150,56 +151,94 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def keep_freed_memory() -> bool:
-    """Have glibc's malloc keep freed memory for reuse instead of returning it to the kernel.
+def env_rank() -> int:
+    """This process's rank as torchrun set it (0 outside torchrun), before any process group."""
+    return int(os.environ.get("RANK", 0))
 
-    A training step frees and re-allocates the same large activation buffers every iteration.
-    By default glibc gives blocks above its mmap threshold (128 KiB, adapting up to 32 MiB) back
-    to the kernel, which must then fault in and zero every page again on the next step: about
-    30,000 page faults per step at 6 layers x 384 dims. Pinning the threshold at 32 MiB and never
-    trimming the heap keeps them (benchmarks/RESULTS.md has the effect). The process keeps its
-    peak memory until it exits, as it would with jemalloc or tcmalloc. Linux/glibc only; returns
-    whether it applied.
+
+def setup_logging(config: CfgNode | int = logging.INFO) -> None:
+    """Send mingpt's log records to stderr as plain lines. Under torchrun only rank 0 logs below
+    WARNING, so that every line is not printed once per process.
+
+    Given a run's config instead of a log level (minGPT's `setup_logging(config)`), it also does
+    minGPT's bookkeeping: it makes config.system.work_dir and writes the command line there as
+    args.txt and the config as config.json.
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (e.g. musl)
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    return bool(libc.mallopt(m_mmap_threshold, 32 * 2**20)) and bool(libc.mallopt(m_trim_threshold, 2**30))
-
-
-def setup_logging(level: int = logging.INFO) -> None:
-    """Send mingpt's log records to stderr as plain lines (the CLI calls this once). Under
-    torchrun only rank 0 logs below WARNING, so that every line is not printed once per process."""
+    level = config if isinstance(config, int) else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger("mingpt")
     root.handlers[:] = [handler]
     root.setLevel(level if env_rank() == 0 else max(level, logging.WARNING))
     root.propagate = False
+    if isinstance(config, CfgNode) and env_rank() == 0:
+        work_dir = Path(config.system.work_dir)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(work_dir / "args.txt", " ".join(sys.argv))
+        write_json(work_dir / "config.json", config.to_dict())
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write obj as JSON to path via a temporary file and a rename, so readers never see half."""
+# -- writing files ---------------------------------------------------------------------------------
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Write a file (or a folder) at path so that nobody ever sees half of it.
+
+        with atomic_path("out/weights.safetensors") as tmp:
+            save_file(tensors, tmp)
+
+    The caller writes to `tmp`, a name beside path; then it is flushed to disk (fsync), renamed
+    to path in one step and the rename itself is flushed (fsync of the parent folder). If the
+    block fails, the temporary file is removed and path is left as it was. A folder is renamed
+    into place only if path does not exist yet (os.replace cannot replace a full folder).
+    """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _remove(tmp)
+    try:
+        yield tmp
+        for file in ([tmp] if tmp.is_file() else sorted(p for p in tmp.rglob("*") if p.is_file())):
+            _fsync(file)
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+    _fsync(path.parent)
 
 
+def atomic_write(path: str | Path, data: str | bytes) -> None:
+    """Write text (UTF-8) or bytes to path atomically (see atomic_path)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write obj as indented JSON to path atomically."""
+    atomic_write(path, json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+# -- downloads ---------------------------------------------------------------------------------------
 def cache_dir() -> Path:
     """Where downloads are kept: $MINGPT_CACHE, else ~/.cache/mingpt."""
     return Path(os.environ.get("MINGPT_CACHE", Path.home() / ".cache" / "mingpt"))
 
 
 def download(url: str, target: Path, what: str, fix: str, sha256: str | None = None) -> Path:
-    """Fetch url into target through a temporary name, so a failed download leaves nothing.
+    """Fetch url into target atomically, so a failed download leaves nothing.
 
     Offline (or on any network error) it raises ConnectionError naming `what` and `fix`; a file
     whose sha256 is not the expected one is refused.
@@ -213,7 +252,11 @@ def download(url: str, target: Path, what: str, fix: str, sha256: str | None = N
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
         raise ValueError(f"the downloaded {what} does not match its expected sha256; try again later")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(target)
+    atomic_write(target, data)
     return target
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under torch.compile or DistributedDataParallel wrappers."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)

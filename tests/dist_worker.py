@@ -3,8 +3,8 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node=2 tests/dist_worker.py OUT
 
-The tests build their single-process runs with the same tiny_run(), so only the number of
-processes differs.
+The tests build their single-process runs with the same tiny_run() (helpers.py), so only the
+number of processes differs.
 """
 from __future__ import annotations
 
@@ -15,26 +15,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_model
 
-from conftest import tiny_gpt
+from helpers import STEPS, BATCH, tiny_run
 from mingpt import distributed
-from mingpt.data import TokenStream
-from mingpt.trainer import Trainer
-
-STEPS, BATCH = 6, 4  # k optimizer steps; b examples per process (the single process takes 2b)
-
-
-def tiny_run(work_dir: Path | None = None, resume: bool = False, **overrides) -> Trainer:
-    """A Trainer for a tiny GPT (2 layers, 32 dims, block 16) on a learnable cycle of 7 tokens,
-    seeded alike everywhere; the default lr (3e-4) without decay, so that runs cut short and
-    resumed match straight ones."""
-    torch.manual_seed(0)
-    model = tiny_gpt(vocab_size=11)
-    data = TokenStream(torch.arange(4000) % 7, 16)
-    c = Trainer.get_default_config()
-    c.device, c.max_iters, c.batch_size, c.lr_decay = "cpu", STEPS, BATCH, False
-    c.progress_bar, c.log_interval, c.eval_interval, c.eval_iters = False, 1, 3, 2
-    c.merge_from_dict(overrides)
-    return Trainer(c, model, data, data, work_dir=work_dir, resume=resume)
 
 
 def overflow_in_one_shard() -> list[tuple[bool, float]] | None:
@@ -46,7 +28,7 @@ def overflow_in_one_shard() -> list[tuple[bool, float]] | None:
     model.reshard()  # (an evaluation's forward leaves the root's weights gathered)
     before = [p.detach().to_local().clone() for p in model.parameters()]
     x = torch.arange(16)[None] % 7
-    with trainer._autocast():
+    with trainer.autocast():
         _, loss = model(x, x)
     scaler.scale(loss).backward()
     if trainer.place.rank == 1:

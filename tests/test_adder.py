@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from mingpt.projects import adder
+from mingpt.jobs import adder
 from mingpt.utils import CfgNode
 
 

@@ -102,15 +102,24 @@ def test_resuming_needs_a_checkpoint_and_the_same_architecture(tmp_path, trained
 
 
 def test_broken_checkpoints_are_refused_with_a_clear_line(trained, capsys):
-    folder = trained / json.loads((trained / "latest.json").read_text())["checkpoint"]
+    """The newest checkpoint damaged: loading falls back to the one before, with a warning
+    naming what was skipped; named explicitly, the damaged one is refused in one line."""
+    name = json.loads((trained / "latest.json").read_text())["checkpoint"]
+    folder = trained / name
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    status, err = run(capsys, "sample", f"--system.work_dir={trained}")
+    status, err = run(capsys, "sample", f"--system.work_dir={trained}", "--max_new_tokens=2")
+    assert status == 0, err
+    assert f"skipped the damaged {folder.name}" in err and "is truncated or corrupt" in err
+    assert "using iter_0000002" in err
+    status, err = run(capsys, "sample", f"--system.work_dir={trained}", f"--system.checkpoint={folder.name}")
     assert_one_clear_line(status, err, "is truncated or corrupt")
     meta = json.loads((folder / "checkpoint.json").read_text())
     (folder / "checkpoint.json").write_text(json.dumps({**meta, "format": 7}))
-    status, err = run(capsys, "sample", f"--system.work_dir={trained}")
+    status, err = run(capsys, "sample", f"--system.work_dir={trained}", f"--system.checkpoint={folder.name}")
     assert_one_clear_line(status, err, "newer than this mingpt understands")
+    status, err = run(capsys, "sample", f"--system.work_dir={trained}", "--system.checkpoint=iter_9")
+    assert_one_clear_line(status, err, "no checkpoint 'iter_9'")
 
 
 def test_a_work_dir_that_cannot_be_written(tmp_path, corpus, capsys):

@@ -1,4 +1,6 @@
-"""GPT-2's byte-level BPE: ids identical to tiktoken's, both engines agreeing, vocab files checked."""
+"""GPT-2's byte-level BPE: ids identical to tiktoken's, both engines agreeing, vocab files checked,
+and minGPT's Encoder API (get_encoder, tok.encoder) giving the same ids."""
+import json
 import warnings
 
 import pytest
@@ -7,7 +9,7 @@ import tiktoken.load
 import torch
 
 from mingpt import bpe
-from mingpt.bpe import BPETokenizer, find_vocab_files, gpt2_ranks, train_bpe
+from mingpt.bpe import BPETokenizer, Encoder, find_vocab_files, get_encoder, gpt2_ranks, train_bpe
 
 HARD_STRINGS = [
     "Hello world", "", " ", "  leading and trailing  ", "\n\n\nthree newlines\n",
@@ -108,6 +110,43 @@ def test_missing_vocab_files_offline_get_one_clear_error(tmp_path, monkeypatch):
     assert not (tmp_path / "gpt2" / "encoder.json").exists()
 
 
+@pytest.fixture(scope="module")
+def encoder():
+    return get_encoder()
+
+
+def test_mingpt_notebooks_end_of_text_lookup_works(fast):
+    assert isinstance(fast.encoder, Encoder) and fast.encoder is fast.encoder  # built once, on first use
+    assert fast.encoder.encoder["<|endoftext|>"] == 50256
+    assert fast.encoder.decoder[50256] == "<|endoftext|>"
+
+
+def test_encoder_holds_gpt2s_files_as_minGPT_reads_them(encoder):
+    files = find_vocab_files()
+    assert encoder.encoder == json.loads(files["encoder.json"].read_text(encoding="utf-8"))
+    merges = [tuple(line.split(" ")) for line in files["vocab.bpe"].read_text(encoding="utf-8").split("\n")[1:] if line]
+    assert encoder.bpe_ranks == {pair: rank for rank, pair in enumerate(merges)}
+    assert encoder.byte_encoder[ord(" ")] == "Ġ" and encoder.byte_decoder["Ċ"] == ord("\n")
+
+
+def test_get_encoder_gives_the_tokenizers_ids_and_round_trips(encoder, fast):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tokenizer warns about <|endoftext|> in the text
+        for text in HARD_STRINGS:
+            ids = encoder.encode(text)
+            assert ids == fast.encode(text), text
+            assert encoder.decode(ids) == text
+
+
+def test_encode_and_show_work_shows_each_chunks_steps_as_minGPT(encoder):
+    work = encoder.encode_and_show_work("Hello world")
+    assert work["bpe_idx"] == [15496, 995] and work["tokens"] == ["Hello", " world"]
+    assert work["parts"][1] == {"token": " world", "token_bytes": b" world", "token_translated": "Ġworld",
+                                "token_merged": ["Ġworld"], "token_ix": [995]}
+    assert encoder.bpe("Ġworld") == "Ġworld"
+    assert encoder.bpe("ĠKarpathy") == "ĠK arp athy" and encoder.cache["ĠKarpathy"] == "ĠK arp athy"
+
+
 def test_trained_bpe_is_fast_round_trips_and_saves_in_tiktoken_format(tmp_path, shakespeare_path):
     text = shakespeare_path.read_text()
     tok = train_bpe([text], vocab_size=4096, name="shakespeare-4k")
@@ -121,6 +160,8 @@ def test_trained_bpe_is_fast_round_trips_and_saves_in_tiktoken_format(tmp_path, 
     assert again.encode("To be, or not to be<|endoftext|>", allowed_special=True) == \
         tok.encode("To be, or not to be<|endoftext|>", allowed_special=True)
     assert BPETokenizer.load(tmp_path, engine="python").encode(text[:5000]) == ids[:len(tok.encode(text[:5000]))]
+    assert tok.encoder.encode(text[:5000]) == tok.encode(text[:5000])
+    assert tok.encoder.encoder["<|endoftext|>"] == 4095 and tok.encoder.decode(ids[:1000]) == tok.decode(ids[:1000])
 
 
 def test_bpe_vocab_size_must_hold_the_bytes():

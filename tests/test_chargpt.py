@@ -4,7 +4,7 @@ import json
 import pytest
 
 from mingpt.model import GPT
-from mingpt.projects import chargpt
+from mingpt.jobs import chargpt
 
 
 @pytest.mark.slow

@@ -5,16 +5,18 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
+from helpers import (final_tensors, latest_iteration, pattern_stream, quick_config, rows_without_timing,
+                     start_and_kill, tiny_gpt)
 from mingpt import checkpoint
 from mingpt.checkpoint import CheckpointError
 from mingpt.model import GPT
+from mingpt.run_folder import RunFolder
+from mingpt.trainer import Trainer
 from mingpt.utils import CfgNode
 
 # a small chargpt with dropout on, so that resuming must restore the RNG as well as the data order
@@ -36,40 +38,6 @@ def corpus(tmp_path_factory):
 def chargpt(corpus, work_dir, *args):
     return [sys.executable, "-m", "mingpt", "chargpt", f"--data.input={corpus}",
             f"--system.work_dir={work_dir}", *RUN, *args]
-
-
-def latest_iteration(work_dir: Path) -> int:
-    """The iteration of the checkpoint latest.json names (-1 before the first one)."""
-    try:
-        name = json.loads((work_dir / "latest.json").read_text())["checkpoint"]
-    except FileNotFoundError:
-        return -1
-    return int(name.rsplit("_", 1)[-1])
-
-
-def start_and_kill(command, work_dir: Path, after_iteration: int, extra_delay: float = 0.0,
-                   sig=signal.SIGKILL) -> subprocess.CompletedProcess:
-    """Start a run, wait until it has a checkpoint at after_iteration or later, then signal it."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while latest_iteration(work_dir) < after_iteration:
-        assert process.poll() is None, process.stderr.read()
-        assert time.time() < deadline, "the run never reached its checkpoint"
-        time.sleep(0.01)
-    time.sleep(extra_delay)
-    process.send_signal(sig)
-    out, err = process.communicate(timeout=60)
-    return subprocess.CompletedProcess(command, process.returncode, out, err)
-
-
-def rows_without_timing(work_dir: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k not in ("ms", "tokens_per_s", "elapsed_s")} for row in rows]
-
-
-def final_tensors(work_dir: Path) -> dict[str, torch.Tensor]:
-    _, folder = checkpoint.locate(work_dir)
-    return {**load_file(str(folder / checkpoint.WEIGHTS_FILE)), **load_file(str(folder / checkpoint.STATE_FILE))}
 
 
 @pytest.mark.slow
@@ -106,7 +74,7 @@ def test_sigkill_at_20_random_moments_never_leaves_an_unloadable_run(tmp_path, c
                                 work_dir, after_iteration=1, extra_delay=rng.uniform(0.0, 0.4))
         assert killed.returncode == -signal.SIGKILL
         model = GPT.from_pretrained(work_dir)
-        meta, folder = checkpoint.locate(work_dir)
+        meta, folder = RunFolder(work_dir).find_checkpoint()
         optimizer = model.configure_optimizers(CfgNode(learning_rate=1e-3, betas=(0.9, 0.99), weight_decay=0.0))
         checkpoint.load_state(folder, optimizer)
         assert meta["iter_num"] >= 1
@@ -150,9 +118,8 @@ def test_a_pickle_is_refused_and_its_payload_never_runs(tmp_path):
 
 
 def save_tiny_run(work_dir: Path, **dims) -> GPT:
-    from conftest import tiny_gpt
     model = tiny_gpt(**dims)
-    checkpoint.save(work_dir, model, 3, optimizer=torch.optim.AdamW(model.parameters()))
+    RunFolder(work_dir).save_checkpoint(model, 3, optimizer=torch.optim.AdamW(model.parameters()))
     return model
 
 
@@ -176,22 +143,21 @@ def test_truncated_corrupt_foreign_and_newer_checkpoints_get_clear_errors(tmp_pa
         GPT.from_pretrained(tmp_path / "ok")
 
     save_tiny_run(tmp_path / "other", vocab_size=12)  # another vocabulary
-    from conftest import tiny_gpt
-    _, folder = checkpoint.locate(tmp_path / "other")
+    _, folder = RunFolder(tmp_path / "other").find_checkpoint()
     with pytest.raises(CheckpointError, match="does not fit this model .* different architecture or vocabulary"):
         checkpoint.load_weights(tiny_gpt(vocab_size=11), folder)
 
 
 def test_checkpoints_keep_the_last_k_and_the_best(tmp_path):
-    from conftest import tiny_gpt
     model = tiny_gpt()
+    run = RunFolder(tmp_path)
     for it in range(1, 7):
-        checkpoint.save(tmp_path, model, it, keep_last=2, best=it == 2)
+        run.save_checkpoint(model, it, keep_last=2, best=it == 2)
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["iter_0000002", "iter_0000005", "iter_0000006"]
     assert json.loads((tmp_path / "best.json").read_text())["checkpoint"] == "checkpoints/iter_0000002"
-    assert checkpoint.locate(tmp_path)[0]["iter_num"] == 6
-    assert checkpoint.locate(tmp_path, checkpoint.BEST_FILE)[0]["iter_num"] == 2
+    assert run.find_checkpoint()[0]["iter_num"] == 6
+    assert run.find_checkpoint("best")[0]["iter_num"] == 2
     assert not list((tmp_path / "checkpoints").glob("*.tmp"))
 
 
@@ -209,10 +175,6 @@ def small_disk(tmp_path):
 
 
 def test_a_full_disk_during_save_keeps_the_previous_checkpoint_and_stops_clearly(small_disk):
-    from conftest import tiny_gpt
-    from test_trainer import pattern_stream, quick_config
-    from mingpt.trainer import Trainer
-
     model = tiny_gpt(vocab_size=7, n_layer=2, n_embd=48, n_head=2)  # ~57k parameters: ~0.7 MB a checkpoint (weights + Adam moments)
     work_dir = small_disk / "run"
     trainer = Trainer(quick_config(max_iters=20, eval_interval=5), model, pattern_stream(), work_dir=work_dir)
@@ -222,5 +184,5 @@ def test_a_full_disk_during_save_keeps_the_previous_checkpoint_and_stops_clearly
     assert latest_iteration(work_dir) == 5
     assert not list((work_dir / "checkpoints").glob("*.tmp"))
     reloaded = GPT.from_pretrained(work_dir)
-    _, folder = checkpoint.locate(work_dir)
+    _, folder = RunFolder(work_dir).find_checkpoint()
     checkpoint.load_state(folder, reloaded.configure_optimizers(quick_config()))

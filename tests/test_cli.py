@@ -47,7 +47,7 @@ def test_chargpt_trains_writes_a_run_folder_and_samples(tmp_path, corpus):
 @pytest.mark.slow
 def test_projects_also_run_as_python_modules(tmp_path):
     result = mingpt(f"--system.work_dir={tmp_path}", "--trainer.max_iters=20", "--trainer.eval_interval=20",
-                    "--data.test_size=50", "--trainer.progress_bar=False", module="mingpt.projects.adder")
+                    "--data.test_size=50", "--trainer.progress_bar=False", module="mingpt.jobs.adder")
     assert result.returncode == 0, result.stderr
     assert 0.0 <= json.loads((tmp_path / "summary.json").read_text())["test_accuracy"] <= 1.0
 

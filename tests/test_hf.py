@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import tiny_gpt
+from helpers import tiny_gpt
 from mingpt import hf
 from mingpt.model import GPT
 

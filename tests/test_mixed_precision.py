@@ -7,10 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_gpt
+from helpers import pattern_stream, quick_config, tiny_gpt
 from mingpt import checkpoint
-from mingpt.trainer import Trainer, resolve_dtype
-from test_trainer import pattern_stream, quick_config
+from mingpt.run_folder import RunFolder
+from mingpt.runtime import resolve_dtype
+from mingpt.trainer import Trainer
 
 NO_CUDA = "needs a CUDA GPU (this machine has none): the CUDA mixed-precision path is untested here"
 
@@ -26,7 +27,7 @@ def train(tmp_path, max_iters=30, resume=False, **overrides) -> Trainer:
 def assert_fp32_weights_state_and_checkpoint(trainer: Trainer, work_dir) -> None:
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
     assert all(t.dtype == torch.float32 for s in trainer.optimizer.state.values() for t in s.values())
-    _, folder = checkpoint.locate(work_dir)
+    _, folder = RunFolder(work_dir).find_checkpoint()
     assert all(t.dtype == torch.float32 for t in load_file(str(folder / checkpoint.WEIGHTS_FILE)).values())
 
 
@@ -52,7 +53,7 @@ def test_fp16_scales_the_loss_and_a_resumed_run_keeps_the_scale(tmp_path):
     assert trainer.scaler.is_enabled() and trainer.scaler.get_scale() > 1
     assert trainer.metrics[-1]["loss"] < 0.8 * trainer.metrics[0]["loss"]
     assert_fp32_weights_state_and_checkpoint(trainer, tmp_path)
-    saved = checkpoint.locate(tmp_path)[0]["grad_scaler"]
+    saved = RunFolder(tmp_path).find_checkpoint()[0]["grad_scaler"]
     assert saved == trainer.scaler.state_dict() and saved["_growth_tracker"] > 1  # steps since an overflow
     resumed = train(tmp_path, max_iters=21, resume=True, dtype="fp16")
     assert resumed.scaler.state_dict()["_growth_tracker"] == saved["_growth_tracker"] + 1  # not 1: restored

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from conftest import tiny_gpt
+from helpers import tiny_gpt
+from mingpt.generate import choose_next
 from mingpt.model import GPT
 from mingpt.utils import CfgNode
 
@@ -65,9 +66,9 @@ def test_sampling_is_reproducible_and_respects_top_k():
 def test_top_p_keeps_only_the_nucleus():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     torch.manual_seed(0)
-    picks = {GPT._choose_next(logits, 1.0, True, None, 0.7).item() for _ in range(200)}
+    picks = {choose_next(logits, 1.0, True, None, 0.7).item() for _ in range(200)}
     assert picks == {0, 1}  # 0.5 < 0.7, 0.5 + 0.3 >= 0.7: tokens 2 and 3 are cut
-    picks = {GPT._choose_next(logits, 1.0, True, None, 0.4).item() for _ in range(50)}
+    picks = {choose_next(logits, 1.0, True, None, 0.4).item() for _ in range(50)}
     assert picks == {0}
 
 
@@ -110,6 +111,7 @@ def test_overfits_one_small_batch():
 def test_gpt2_presets_have_gpt2_parameter_counts(model_type, expected):
     config = GPT.get_default_config()
     config.model_type, config.vocab_size, config.block_size = model_type, 50257, 1024
+    config.tie_embeddings = True  # GPT-2's head is its token embedding
     with torch.device("meta"):  # shapes only, no memory
         model = GPT(config)
     assert model.num_params() == expected
@@ -131,7 +133,7 @@ def test_head_is_tied_to_token_embedding_and_init_follows_gpt2():
     expected = 0.02 / math.sqrt(2 * 8)
     assert abs(model.transformer.h[0].attn.c_proj.weight.std().item() - expected) < 0.0005
     assert torch.all(model.transformer.h[0].attn.c_attn.bias == 0)
-    gelu = model.transformer.h[0].mlp.gelu
+    gelu = model.transformer.h[0].mlp.act
     assert gelu.approximate == "tanh"
 
 

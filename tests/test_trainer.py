@@ -5,36 +5,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import tiny_gpt
-from mingpt.data import TokenStream
+from helpers import Bigram, pattern_stream, quick_config, tiny_gpt
 from mingpt.model import GPT
 from mingpt.trainer import Trainer
-
-
-def quick_config(**overrides):
-    c = Trainer.get_default_config()
-    c.device, c.batch_size, c.max_iters, c.progress_bar, c.log_interval = "cpu", 8, 30, False, 5
-    c.learning_rate, c.eval_interval, c.eval_iters = 3e-3, 10, 4
-    for key, value in overrides.items():
-        setattr(c, key, value)
-    return c
-
-
-def pattern_stream(n=4000, block_size=16):
-    return TokenStream(torch.arange(n) % 7, block_size)  # an easily learnt cycle
-
-
-class Bigram(nn.Module):
-    """Not a GPT: the Trainer must not care."""
-
-    def __init__(self, vocab_size: int) -> None:
-        super().__init__()
-        self.table = nn.Embedding(vocab_size, vocab_size)
-
-    def forward(self, x, y=None):
-        logits = self.table(x)
-        loss = None if y is None else nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
-        return logits, loss
 
 
 def test_trains_any_module_that_returns_logits_and_loss():

@@ -1,5 +1,5 @@
 """utils: CfgNode (nested sections, command-line overrides, refusals of bad keys/types) and
-keep_freed_memory."""
+keep_freed_memory (kernels/memory.py)."""
 import platform
 import subprocess
 import sys
@@ -101,7 +101,7 @@ def test_keep_freed_memory_stops_the_page_faults_of_reallocated_buffers():
     per step in the bench, but with bursts from the OS that make it a poor test.)"""
     script = """
 import resource, sys, torch
-from mingpt.utils import keep_freed_memory
+from mingpt.kernels import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 def step():

@@ -15,28 +15,33 @@ import sys
 
 import torch
 
-from mingpt.data import CharTokenizer, TokenStream, load_corpus
+from mingpt import runtime
+from mingpt.char import CharTokenizer
+from mingpt.data import TokenStream, load_corpus
 from mingpt.model import GPT
-from mingpt.projects.train import train_and_sample
+from mingpt.pipeline import train_and_sample
 from mingpt.trainer import Trainer
-from mingpt.utils import CfgNode, set_seed, setup_logging
+from mingpt.utils import CfgNode, setup_logging
 
 log = logging.getLogger(__name__)
 
 
 def get_config() -> CfgNode:
     C = CfgNode()
-    C.system = CfgNode(seed=3407, work_dir="out/chargpt", resume=False, overwrite=False)
+    # checkpoint: which one to resume from ('latest', 'best', 'iter_N'; None: the newest intact)
+    C.system = CfgNode(seed=3407, work_dir="out/chargpt", resume=False, overwrite=False, checkpoint=None)
     C.data = CfgNode(input="", val_fraction=0.1)  # input: a file, 'shakespeare', or '' (built-in)
     C.model = GPT.get_default_config()
     C.model.model_type = "gpt-micro"  # 4 layers, 4 heads, 128 dims
     C.model.block_size = 64
     C.model.embd_pdrop = C.model.resid_pdrop = C.model.attn_pdrop = 0.0
+    C.model.tie_embeddings = True  # as GPT-2 (minGPT's default is untied)
     C.trainer = Trainer.get_default_config()
     C.trainer.learning_rate = 1e-3
     C.trainer.batch_size = 12
     C.trainer.max_iters = 2000
     C.trainer.warmup_iters = 100
+    C.trainer.lr_decay = True  # cosine (minGPT's default is a constant rate)
     C.trainer.betas = (0.9, 0.99)  # small batches give noisy gradients: average them longer
     C.trainer.weight_decay = 0.0  # at 2000 iterations the model underfits; decay only slows it
     C.trainer.min_lr_ratio = 0.3  # cosine to 3e-4, not 1e-4: measured 0.01 lower val loss
@@ -57,7 +62,7 @@ def split_streams(text: str, tokenizer: CharTokenizer, block_size: int, val_frac
 
 def main(config: CfgNode) -> dict:
     setup_logging()
-    set_seed(config.system.seed)
+    runtime.setup(config.trainer.device, config.trainer.dtype, seed=config.system.seed)
     text = load_corpus(config.data.input)
     tokenizer = CharTokenizer.from_text(text)
     config.model.vocab_size = tokenizer.vocab_size

@@ -5,7 +5,7 @@
 
 Training: ms/iter, tokens/s and MFU of a full step (forward, backward, clip, AdamW) for mingpt (its
 Trainer's path: batches cut from one tensor, fused AdamW, no host sync, malloc keeping freed
-memory, oneDNN for large matmuls), Hugging Face's GPT2LMHeadModel at the same shape and batches, a
+memory, oneDNN for large matmuls through mingpt.kernels), Hugging Face's GPT2LMHeadModel at the same shape and batches, a
 plain reference loop (the same model, per-example DataLoader, foreach AdamW, default malloc), and
 mingpt with one speed-up undone at a time (the malloc at both sizes, oneDNN at mini-256 where it
 applies, the others at chargpt where per-step overheads matter). Each runs in its own process, as
@@ -15,7 +15,7 @@ MFU = tokens/s x (6 N + 12 L T C) / peak, where N counts the parameters without 
 embedding (PaLM, appendix B) and peak is the fastest of a few large fp32 matmuls measured in the
 same run.
 Generation: tokens/s for 500 greedy tokens at batch 1 on 6/6/384 with a 512 context: mingpt with
-its KV cache (and sliced weights, linear.py), with the cache but oneDNN's or the default BLAS's
+its KV cache (and sliced weights, kernels/linear.py), with the cache but oneDNN's or the default BLAS's
 matrix-vector product, without the cache, and transformers' generate with its cache, also taking
 turns.
 """
@@ -34,10 +34,11 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from mingpt import linear
+from mingpt import kernels
 from mingpt.data import TokenStream
+from mingpt.kernels import CPUKernels
 from mingpt.model import GPT
-from mingpt.utils import CfgNode, keep_freed_memory, set_seed, setup_logging
+from mingpt.utils import CfgNode, set_seed, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ def make_gpt(n_layer: int, n_head: int, n_embd: int, block_size: int) -> GPT:
     config.n_layer, config.n_head, config.n_embd = n_layer, n_head, n_embd
     config.vocab_size, config.block_size = VOCAB, block_size
     config.embd_pdrop = config.resid_pdrop = config.attn_pdrop = 0.0
+    config.tie_embeddings = True  # as Hugging Face's GPT-2
     return GPT(config)
 
 
@@ -92,15 +94,6 @@ def make_hf(n_layer: int, n_head: int, n_embd: int, block_size: int):
     return GPT2LMHeadModel(config)
 
 
-def flops_per_token(model: GPT) -> int:
-    """Training FLOPs per token, 6 N + 12 L T C: N counts the parameters without the position
-    embedding (a lookup, not a matmul), 12 L T C the attention's score and value products
-    (PaLM, appendix B)."""
-    c = model.config
-    n = model.num_params() - model.transformer.wpe.weight.numel()
-    return 6 * n + 12 * c.n_layer * c.block_size * c.n_embd
-
-
 def training_step(size: str, seed: int, hf: bool = False, loader: bool = False, fused: bool = True,
                   read_loss: bool = False, onednn: bool = True, compile_model: bool = False) -> Callable[[], None]:
     """One full training step (batch, forward, backward, clip, AdamW) at this size.
@@ -108,14 +101,15 @@ def training_step(size: str, seed: int, hf: bool = False, loader: bool = False, 
     mingpt's Trainer path on the CPU is the default; each flag undoes one of its speed-ups: hf
     (Hugging Face's model), loader (a DataLoader calling __getitem__ per example instead of whole
     batches cut from one tensor), fused=False (foreach AdamW), read_loss (a host sync every step),
-    onednn=False (the default BLAS for every matmul, in this process).
+    onednn=False (the default BLAS for every matmul: the model's plain nn.Linears).
     compile_model runs the model through torch.compile (the first call compiles).
     """
     n_layer, n_head, n_embd, block_size, batch_size, _ = SIZES[size]
-    linear.ONEDNN = linear.ONEDNN and onednn
     torch.manual_seed(seed)
     stream = TokenStream(torch.randint(VOCAB, (200_000,)), block_size)
     model = (make_hf if hf else make_gpt)(n_layer, n_head, n_embd, block_size)
+    if not hf and onednn:
+        kernels.use_cpu_kernels(model)  # as the Trainer does on the CPU
     if fused and not hf:
         optimizer = model.configure_optimizers(CfgNode(learning_rate=1e-3, betas=(0.9, 0.99), weight_decay=0.1))
     else:
@@ -144,14 +138,14 @@ def training_step(size: str, seed: int, hf: bool = False, loader: bool = False, 
 def generation(seed: int, hf: bool = False, use_cache: bool = True, sliced: bool = True,
                onednn: bool = True, new_tokens: int = 500, context: int = 512) -> Callable[[], None]:
     """Greedy generation of new_tokens at batch 1 on the mini-256 shape with a 512 context.
-    sliced=False makes mingpt's Linear decode with oneDNN's matrix-vector kernel instead of sliced
-    weights; onednn=False as well, with the default BLAS (in this process)."""
+    sliced=False makes mingpt decode with oneDNN's matrix-vector kernel instead of sliced weights;
+    onednn=False too, with the default BLAS (the kernels' settings, given to the model)."""
     n_layer, n_head, n_embd = SIZES["mini-256"][:3]
-    linear.SPLIT_DECODE = linear.SPLIT_DECODE and sliced
-    linear.ONEDNN = linear.ONEDNN and onednn
     torch.manual_seed(seed)
     prompt = torch.randint(VOCAB, (1, 1))
     model = (make_hf if hf else make_gpt)(n_layer, n_head, n_embd, context).eval()
+    if not hf and not (sliced and onednn):  # (by default generate uses the default CPUKernels)
+        kernels.use_cpu_kernels(model, CPUKernels(onednn=onednn, sliced_decoding=sliced))
     kwargs = dict(do_sample=False, pad_token_id=0, attention_mask=torch.ones_like(prompt))
 
     @torch.no_grad()
@@ -189,7 +183,7 @@ class Worker:
 def _serve(conn, build: str, kwargs: dict, keep_memory: bool, threads: int) -> None:
     torch.set_num_threads(threads)
     if keep_memory:
-        keep_freed_memory()
+        kernels.keep_freed_memory()
     fn = {"training_step": training_step, "generation": generation}[build](**kwargs)
     while conn.recv():
         faults, t0 = page_faults(), time.perf_counter()
@@ -243,7 +237,7 @@ def train_benchmark(size: str, c: CfgNode) -> list[dict]:
     workers = {name: Worker("training_step", {"size": size, "seed": c.seed, **flags}, keep)
                for name, (flags, keep) in variants.items()}
     times = timed_rounds(workers, c.warmup, c.repeats or default_repeats)
-    flops = flops_per_token(make_gpt(n_layer, n_head, n_embd, block_size))
+    flops = make_gpt(n_layer, n_head, n_embd, block_size).flops_per_token()
     rows = []
     for name, t in times.items():
         rows.append({"size": size, "impl": name, "ms_per_iter": 1000 * t["median"],

@@ -7,6 +7,9 @@ predicting c. A held-out test set is set aside first and never drawn for trainin
 
     mingpt adder                      # ndigit=2, gpt-nano; stops once the test set is solved
     mingpt adder --data.ndigit=3 --trainer.max_iters=20000
+
+At each grading it shows a few of the sums the model still gets wrong ("GPT claims that
+55 + 45 = 90 but gt is 100"), in the log and in metrics.jsonl (`mistakes`).
 """
 from __future__ import annotations
 
@@ -15,26 +18,30 @@ import sys
 
 import torch
 
+from mingpt import runtime
 from mingpt.model import GPT
 from mingpt.trainer import Trainer
-from mingpt.utils import CfgNode, set_seed, setup_logging
+from mingpt.utils import CfgNode, setup_logging
 
 log = logging.getLogger(__name__)
 
 ENUMERATE_LIMIT = 10**6  # problem spaces up to this size are listed, larger ones sampled
+MISTAKES_SHOWN = 5  # wrong sums shown at each grading
 
 
 def get_config() -> CfgNode:
     C = CfgNode()
-    C.system = CfgNode(seed=3407, work_dir="out/adder", resume=False, overwrite=False)
+    C.system = CfgNode(seed=3407, work_dir="out/adder", resume=False, overwrite=False, checkpoint=None)
     C.data = AdditionProblems.get_default_config()
     C.model = GPT.get_default_config()
     C.model.model_type = "gpt-nano"
+    C.model.tie_embeddings = True  # as GPT-2 (minGPT's default is untied)
     C.trainer = Trainer.get_default_config()
     C.trainer.learning_rate = 1e-3
     C.trainer.batch_size = 64
     C.trainer.max_iters = 10000
     C.trainer.warmup_iters = 100
+    C.trainer.lr_decay = True  # cosine (minGPT's default is a constant rate)
     C.trainer.eval_interval = 250  # how often the held-out test set is graded
     return C
 
@@ -125,23 +132,35 @@ class AdditionProblems:
 
 
 @torch.no_grad()
-def accuracy(model: GPT, data: AdditionProblems, problems: torch.Tensor, batch_size: int = 1000) -> float:
-    """Fraction of problems whose sum the model writes exactly (greedy decoding)."""
+def grade(model: GPT, data: AdditionProblems, problems: torch.Tensor, batch_size: int = 1000,
+          show: int = MISTAKES_SHOWN) -> tuple[float, list[str]]:
+    """The fraction of problems whose sum the model writes exactly (greedy decoding), and up to
+    `show` of the ones it gets wrong, as minGPT's adder printed them."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    n, correct = data.ndigit, 0
+    n, correct, mistakes = data.ndigit, 0, []
     for i in range(0, len(problems), batch_size):
         sequences = data.encode(problems[i:i + batch_size]).to(device)
         out = model.generate(sequences[:, :2 * n], n + 1)
-        correct += (out[:, 2 * n:] == sequences[:, 2 * n:]).all(dim=1).sum().item()
+        right = (out[:, 2 * n:] == sequences[:, 2 * n:]).all(dim=1)
+        correct += right.sum().item()
+        for j in (~right).nonzero()[:show - len(mistakes), 0].tolist():
+            a, b = (int("".join(map(str, sequences[j, k * n:(k + 1) * n].tolist()))) for k in (0, 1))
+            claimed = data.decode_sum(out[j:j + 1, 2 * n:].cpu()).item()
+            mistakes.append(f"GPT claims that {a} + {b} = {claimed} but gt is {a + b}")
     model.train(was_training)
-    return correct / len(problems)
+    return correct / len(problems), mistakes
+
+
+def accuracy(model: GPT, data: AdditionProblems, problems: torch.Tensor, batch_size: int = 1000) -> float:
+    """Fraction of problems whose sum the model writes exactly (greedy decoding)."""
+    return grade(model, data, problems, batch_size, show=0)[0]
 
 
 def main(config: CfgNode) -> dict:
     setup_logging()
-    set_seed(config.system.seed)
+    runtime.setup(config.trainer.device, config.trainer.dtype, seed=config.system.seed)
     data = AdditionProblems(config.data, seed=config.system.seed)
     config.model.vocab_size = 10
     config.model.block_size = data.block_size
@@ -150,21 +169,24 @@ def main(config: CfgNode) -> dict:
              f"model with {model.num_params():,} parameters")
     trainer = Trainer(config.trainer, model, data, work_dir=config.system.work_dir,
                       run_config=config.to_dict(),
-                      resume=config.system.resume, overwrite=config.system.overwrite)
+                      resume=config.system.resume, overwrite=config.system.overwrite,
+                      checkpoint=config.system.checkpoint)
 
-    def grade(trainer: Trainer) -> None:
+    def on_batch_end(trainer: Trainer) -> None:
         done = trainer.iter_num + 1
         if done % config.trainer.eval_interval != 0 and done != config.trainer.max_iters:
             return
-        test_accuracy = accuracy(model, data, data.test)
-        trainer.log(test_accuracy=test_accuracy)
+        test_accuracy, mistakes = grade(model, data, data.test)
+        trainer.log(test_accuracy=test_accuracy, mistakes=mistakes)
         trainer.summary["test_accuracy"] = max(trainer.summary.get("test_accuracy", 0.0), test_accuracy)
         log.info(f"iter {done}: loss {trainer.loss.item():.4f}, test accuracy {test_accuracy:.2%}")
+        for mistake in mistakes:
+            log.info(f"  {mistake}")
         if test_accuracy == 1.0:
             log.info("the held-out test set is solved; stopping")
             trainer.stop()
 
-    trainer.add_callback("on_batch_end", grade)
+    trainer.add_callback("on_batch_end", on_batch_end)
     summary = trainer.run()
     log.info(f"test accuracy {summary['test_accuracy']:.2%} after {summary['iters']} iterations "
              f"in {summary['wall_s']:.1f} s; run folder: {config.system.work_dir}")

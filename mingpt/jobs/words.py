@@ -12,16 +12,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from mingpt.projects import prepare, train
-from mingpt.utils import CfgNode
+from mingpt import runtime
+from mingpt.pipeline import prepare_data, train_config, train_on_prepared
+from mingpt.utils import CfgNode, setup_logging
 
 
 def get_config() -> CfgNode:
-    C = train.get_config()
+    C = train_config()
     C.system.work_dir = "out/words"
     C.data = CfgNode(input="", val_fraction=0.1)
-    C.tokenizer = prepare.get_config().tokenizer
-    C.tokenizer.kind, C.tokenizer.vocab_size = "bpe", 2048
+    C.tokenizer = CfgNode(kind="bpe", vocab_size=2048)  # kind: 'gpt2', 'bpe' or 'char'
     C.model.model_type = "gpt-micro"
     C.model.block_size = 64
     C.model.embd_pdrop = C.model.resid_pdrop = C.model.attn_pdrop = 0.0
@@ -31,16 +31,15 @@ def get_config() -> CfgNode:
 
 
 def main(config: CfgNode) -> dict:
+    setup_logging()
+    runtime.setup(config.trainer.device, config.trainer.dtype, seed=config.system.seed)
     data_dir = Path(config.system.work_dir) / "data"
-    prep = prepare.get_config()
-    prep.data.merge_from_dict({"input": config.data.input, "out_dir": str(data_dir),
-                               "val_fraction": config.data.val_fraction})
-    prep.tokenizer.merge_from_dict(config.tokenizer.to_dict())
-    prepare.main(prep)
-    run = train.get_config()
-    run.merge_from_dict({k: v for k, v in config.to_dict().items() if k in ("system", "init_from", "model", "trainer", "sample")})
+    prepare_data(config.data.input, data_dir, config.data.val_fraction, config.tokenizer)
+    run = train_config()
+    run.merge_from_dict({k: v for k, v in config.to_dict().items()
+                         if k in ("system", "init_from", "model", "trainer", "sample")})
     run.data.dir = str(data_dir)
-    return train.main(run)
+    return train_on_prepared(run)
 
 
 if __name__ == "__main__":

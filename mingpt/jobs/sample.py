@@ -2,7 +2,8 @@
 
     mingpt sample --system.work_dir=out/chargpt --prompt="ROMEO:" --max_new_tokens=300
 
-The model comes from the run's latest checkpoint and the tokenizer from its tokenizer.json.
+The model comes from the run's newest intact checkpoint (or --system.checkpoint=best, iter_N...)
+and the tokenizer from its tokenizer.json.
 """
 from __future__ import annotations
 
@@ -12,15 +13,14 @@ from pathlib import Path
 
 import torch
 
-from mingpt.data import CharTokenizer, load_tokenizer
+from mingpt import runtime, tokenizers
 from mingpt.model import GPT
-from mingpt.trainer import resolve_device
-from mingpt.utils import CfgNode, set_seed, setup_logging
+from mingpt.utils import CfgNode, setup_logging
 
 
 def get_config() -> CfgNode:
     return CfgNode(
-        system=CfgNode(work_dir="out/chargpt", seed=3407, device="auto"),
+        system=CfgNode(work_dir="out/chargpt", seed=3407, device="auto", checkpoint=None),
         prompt="",  # '' starts a new document: <|endoftext|> or a newline
         max_new_tokens=500,
         do_sample=True,  # False: greedy
@@ -32,12 +32,11 @@ def get_config() -> CfgNode:
 
 def main(config: CfgNode) -> str:
     setup_logging()
-    set_seed(config.system.seed)
+    device = runtime.setup(config.system.device, seed=config.system.seed).device
     work_dir = Path(config.system.work_dir)
-    tokenizer = load_tokenizer(work_dir)
-    device = resolve_device(config.system.device)
-    model = GPT.from_pretrained(work_dir, device=device).eval()
-    ids = prompt_ids(tokenizer, config.prompt)
+    tokenizer = tokenizers.load(work_dir)
+    model = GPT.from_pretrained(work_dir, device=device, checkpoint=config.system.checkpoint).eval()
+    ids = tokenizers.start_ids(tokenizer, config.prompt)
     if len(ids) > model.block_size:
         raise ValueError(f"the prompt is {len(ids)} tokens, longer than the model's context of "
                          f"{model.block_size}; shorten it")
@@ -57,17 +56,6 @@ def main(config: CfgNode) -> str:
     pieces.append(utf8.decode(b"", final=True))  # a character left incomplete at the end
     sys.stdout.write(pieces[-1] + "\n")
     return "".join(pieces)
-
-
-def prompt_ids(tokenizer, prompt: str) -> list[int]:
-    """The prompt's ids; an empty prompt starts a new document (<|endoftext|>, or a newline)."""
-    if prompt:
-        return tokenizer.encode(prompt)
-    if getattr(tokenizer, "eot_token", None) is not None:
-        return [tokenizer.eot_token]
-    if isinstance(tokenizer, CharTokenizer) and "\n" not in tokenizer.stoi:
-        return [0]
-    return tokenizer.encode("\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,97 @@
+"""How the processes of a job train one model together, behind one small interface.
+
+The Trainer's loop does the same thing whatever the strategy: it wraps the model once, runs each
+micro-batch inside no_sync (so gradients are exchanged only where the strategy says), calls
+after_step after every optimizer step, and asks the strategy for the whole state to checkpoint.
+    Single  one process: the model as it is
+    DDP     every rank holds the whole model; backward averages the gradients (distributed.replicate)
+    FSDP    weights, gradients and optimizer state sharded over the ranks (distributed.shard)
+A new way to train together (e.g. DiLoCo's outer steps across machines) is one more Strategy.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from functools import partial
+from typing import Callable, ContextManager
+
+import torch
+import torch.nn as nn
+
+from mingpt import distributed
+from mingpt.distributed import Place
+
+
+class Single:
+    """One process trains alone."""
+
+    name = "single"
+    shares_evaluation = False  # (every rank evaluates its share of the batches, the sums added)
+
+    def wrap(self, model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None,
+             compile: bool) -> nn.Module:
+        """Put model on device and return what the training step calls (compiled if asked). The
+        plain model stays what evaluation, checkpoints and the optimizer see."""
+        model.to(device)
+        return torch.compile(model) if compile else model
+
+    def no_sync(self, step_model: nn.Module, last_micro_batch: bool) -> ContextManager:
+        """The context of one micro-batch's forward and backward."""
+        return nullcontext()
+
+    def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Called after every optimizer step."""
+
+    def full_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict | None, dict | None]:
+        """Whole weights and optimizer state to checkpoint, where the model's own are not whole
+        (None: save the model's and optimizer's own)."""
+        return None, None
+
+    def optimizer_state_loader(self, model: nn.Module, optimizer: torch.optim.Optimizer
+                               ) -> Callable[[dict], None] | None:
+        """How to hand a checkpoint's whole optimizer state to the optimizer (None: its own
+        load_state_dict)."""
+        return None
+
+
+class DDP(Single):
+    """Distributed data parallel: each rank trains the whole model on its rows of every batch,
+    and backward averages the gradients over the ranks."""
+
+    name = "ddp"
+    shares_evaluation = True
+
+    def wrap(self, model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None,
+             compile: bool) -> nn.Module:
+        # DDP around the compiled model, as nanoGPT does: DDP's no_sync then works as in eager mode
+        return distributed.replicate(super().wrap(model, device, amp_dtype, compile), device)
+
+    def no_sync(self, step_model: nn.Module, last_micro_batch: bool) -> ContextManager:
+        # gradients are averaged once per step, in the last micro-batch's backward
+        return distributed.no_sync(step_model, skip=not last_micro_batch)
+
+
+class FSDP(Single):
+    """Fully sharded data parallel (FSDP2): each rank keeps a shard of every weight, gradient and
+    optimizer state; each block is gathered whole only while it runs. Gradients are reduce-scattered
+    after every micro-batch, which keeps them sharded. Checkpoints are gathered whole on rank 0."""
+
+    name = "fsdp"
+
+    def wrap(self, model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None,
+             compile: bool) -> nn.Module:
+        model = distributed.shard(model, device, amp_dtype)  # in place, unit by unit onto the device
+        return torch.compile(model) if compile else model
+
+    def full_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict | None, dict | None]:
+        return distributed.full_state(model, optimizer)
+
+    def optimizer_state_loader(self, model: nn.Module, optimizer: torch.optim.Optimizer
+                               ) -> Callable[[dict], None] | None:
+        return partial(distributed.load_full_optimizer_state, model, optimizer)
+
+
+def choose(fsdp: bool, place: Place) -> Single:
+    """The strategy of a job of place.world_size processes (trainer.fsdp picks FSDP over DDP)."""
+    if place.world_size == 1:
+        return Single()
+    return FSDP() if fsdp else DDP()

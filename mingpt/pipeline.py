@@ -1,0 +1,142 @@
+"""The steps the language-model jobs share: text files -> token files, a model to train (new or
+pretrained), and a run that trains it into its folder and ends with a sample.
+
+    mingpt prepare  = prepare_data          mingpt train = train_config, train_on_prepared
+    mingpt chargpt  = (its own tokens and model) + train_and_sample
+    mingpt words    = prepare_data, then train_on_prepared
+Jobs call these; the jobs never import each other.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from mingpt import distributed, tokenizers
+from mingpt.data import TokenStream, corpus_path, load_prepared, prepare_corpus, read_pieces
+from mingpt.model import GPT
+from mingpt.run_folder import RunFolder
+from mingpt.trainer import Trainer
+from mingpt.utils import CfgNode
+
+log = logging.getLogger(__name__)
+
+
+def train_config() -> CfgNode:
+    """The config of `mingpt train` (and of `mingpt words`, which adds its data and tokenizer)."""
+    C = CfgNode()
+    # checkpoint: which one to resume from ('latest', 'best', 'iter_N'; None: the newest intact)
+    C.system = CfgNode(seed=3407, work_dir="out/train", resume=False, overwrite=False, checkpoint=None)
+    C.data = CfgNode(dir="out/data")
+    # a pretrained model to start from: 'gpt2' ... 'gpt2-xl', a Hugging Face GPT-2 folder, or a
+    # mingpt run folder; '' trains a new model of the shape in `model`
+    C.init_from = ""
+    C.model = GPT.get_default_config()
+    C.model.model_type = "gpt-mini"
+    C.model.block_size = 128
+    C.model.tie_embeddings = True  # as GPT-2 (minGPT's default is untied)
+    C.trainer = Trainer.get_default_config()
+    C.trainer.max_iters = 2000
+    C.trainer.batch_size = 16
+    C.trainer.learning_rate = 1e-3
+    C.trainer.warmup_iters = 100
+    C.trainer.lr_decay = True  # cosine (minGPT's default is a constant rate)
+    C.trainer.betas = (0.9, 0.99)
+    C.sample = CfgNode(prompt="", max_new_tokens=200, temperature=1.0, top_k=50)
+    return C
+
+
+def train_on_prepared(config: CfgNode) -> dict:
+    """What `mingpt train` does once the process is set up: the model, the prepared tokens of
+    config.data.dir, training and a sample."""
+    data_dir = Path(config.data.dir)
+    tokenizer = tokenizers.load(data_dir)
+    model = build_model(config, tokenizer.vocab_size)
+    train, val, meta = load_prepared(data_dir, model.config.block_size)
+    log.info(f"train: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens; "
+             f"model with {model.num_params():,} parameters"
+             + (f", from {config.init_from}" if config.init_from else ""))
+    return train_and_sample(config, model, tokenizer, train, val)
+
+
+def prepare_data(inputs: str, out_dir: str | Path, val_fraction: float, tokenizer: CfgNode) -> dict:
+    """Encode comma-separated text files (or 'shakespeare', or '' for the built-in corpus) into
+    out_dir's train.bin / val.bin with a tokenizer of tokenizer.kind (a learnt BPE of
+    tokenizer.vocab_size). Under torchrun one process writes the files and the others wait;
+    returns meta.json's contents ({} on those others)."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"data.val_fraction={val_fraction} must be between 0 and 1")
+    paths = [corpus_path(name.strip()) for name in (inputs.split(",") if inputs else [""])]
+
+    def prepare() -> dict:
+        texts = (piece for path in paths for piece in read_pieces(path))  # (read only by the kinds that learn)
+        return prepare_corpus(paths, Path(out_dir), tokenizers.make(tokenizer.kind, texts, tokenizer.vocab_size),
+                              val_fraction)
+
+    meta = distributed.run_together(prepare, main_only=True)
+    if meta is None:
+        return {}
+    log.info(f"prepared {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens "
+             f"({meta['dtype']}, vocabulary of {meta['vocab_size']:,}) in {out_dir}")
+    return meta
+
+
+def build_model(config: CfgNode, vocab_size: int) -> GPT:
+    """A new GPT of config.model for this vocabulary, or the pretrained config.init_from (its own
+    dropout; block_size cropped when config.model.block_size is smaller), which must know the
+    data's tokenizer (config.data.dir)."""
+    if not config.init_from:
+        config.model.vocab_size = vocab_size
+        return GPT(config.model)
+    check_same_tokenizer(config.init_from, Path(config.data.dir))
+    model = GPT.from_pretrained(config.init_from)
+    if model.config.vocab_size < vocab_size:
+        raise ValueError(f"the data's tokenizer has {vocab_size} tokens but {config.init_from!r} "
+                         f"knows only {model.config.vocab_size}; prepare the data with its tokenizer")
+    if config.model.block_size > model.config.block_size:
+        raise ValueError(f"model.block_size={config.model.block_size} is larger than the "
+                         f"{model.config.block_size} positions {config.init_from!r} was trained with; "
+                         f"use at most {model.config.block_size}")
+    if config.model.block_size < model.config.block_size:
+        model.crop_block_size(config.model.block_size)
+    config.model.merge_from_dict(model.config.to_dict())  # record what was really trained
+    return model
+
+
+def check_same_tokenizer(init_from: str, data_dir: Path) -> None:
+    """A pretrained model only understands the ids of its own tokenizer: refuse other data."""
+    data_spec = tokenizers.spec(data_dir)
+    if (Path(init_from) / tokenizers.SPEC_FILE).exists():  # a mingpt run folder knows its tokenizer
+        same, expected = tokenizers.spec(init_from) == data_spec, f"the tokenizer of {init_from}"
+    else:  # OpenAI's GPT-2, or a Hugging Face GPT-2 folder
+        same, expected = tokenizers.is_gpt2(data_spec), "GPT-2's tokenizer (mingpt prepare --tokenizer.kind=gpt2)"
+    if not same:
+        raise ValueError(f"the data in {str(data_dir)!r} was tokenized differently from "
+                         f"{init_from!r}; prepare it with {expected}")
+
+
+def train_and_sample(config: CfgNode, model: GPT, tokenizer: tokenizers.Tokenizer, train: TokenStream,
+                     val: TokenStream) -> dict:
+    """Train model into the run folder config.system.work_dir (which also keeps the tokenizer, for
+    `mingpt sample`), then print a sample of config.sample.max_new_tokens tokens."""
+    s = config.system
+    run = RunFolder(s.work_dir)
+    run.prepare(s.resume, s.overwrite)
+    trainer = Trainer(config.trainer, model, train, val, work_dir=run, run_config=config.to_dict(),
+                      resume=s.resume, checkpoint=s.checkpoint)
+    if trainer.is_main:
+        run.save_tokenizer(tokenizer)
+    summary = trainer.run()
+    log.info(f"best val loss {summary['val_loss']:.4f} after {summary['iters']} iterations in "
+             f"{summary['wall_s']:.1f} s ({summary['ms_per_iter']:.1f} ms/iter); run folder: {s.work_dir}")
+    sample = config.sample
+    if sample.max_new_tokens > 0:
+        model.eval()
+        idx = torch.tensor([tokenizers.start_ids(tokenizer, sample.prompt)], dtype=torch.long, device=trainer.device)
+        # (under FSDP every rank must take part in generating; one prints)
+        out = model.generate(idx, sample.max_new_tokens, temperature=sample.temperature, do_sample=True,
+                             top_k=sample.top_k)
+        if trainer.is_main:
+            print(tokenizer.decode(out[0].tolist()))
+    return summary

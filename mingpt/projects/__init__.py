@@ -1,1 +1,0 @@
-"""Runnable projects built only on the public API: `mingpt adder`, `mingpt chargpt`."""
