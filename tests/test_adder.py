@@ -1,5 +1,6 @@
 """The adder project: its encoding, its held-out test set, and a short run that learns."""
 import json
+import re
 
 import pytest
 import torch
@@ -66,4 +67,12 @@ def test_a_short_adder_run_clearly_learns(tmp_path):
     assert summary["test_accuracy"] > 0.5
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["loss"] < 0.6 * rows[0]["loss"]
+    # each grading shows (and keeps in the run folder) a few sums the model still gets wrong
+    graded = [row for row in rows if "test_accuracy" in row]
+    assert graded and all(len(row["mistakes"]) == min(adder.MISTAKES_SHOWN, round(500 * (1 - row["test_accuracy"])))
+                          for row in graded)
+    for mistake in graded[-1]["mistakes"]:
+        a, b, claimed, truth = map(int, re.fullmatch(r"GPT claims that (\d+) \+ (\d+) = (\d+) but gt is (\d+)",
+                                                     mistake).groups())
+        assert a + b == truth != claimed
     assert json.loads((tmp_path / "summary.json").read_text())["test_accuracy"] == summary["test_accuracy"]

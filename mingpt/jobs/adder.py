@@ -153,11 +153,6 @@ def grade(model: GPT, data: AdditionProblems, problems: torch.Tensor, batch_size
     return correct / len(problems), mistakes
 
 
-def accuracy(model: GPT, data: AdditionProblems, problems: torch.Tensor, batch_size: int = 1000) -> float:
-    """Fraction of problems whose sum the model writes exactly (greedy decoding)."""
-    return grade(model, data, problems, batch_size, show=0)[0]
-
-
 def main(config: CfgNode) -> dict:
     setup_logging()
     runtime.setup(config.trainer.device, config.trainer.dtype, seed=config.system.seed)

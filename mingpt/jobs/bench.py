@@ -21,7 +21,6 @@ turns.
 """
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import platform
@@ -38,7 +37,7 @@ from mingpt import kernels
 from mingpt.data import TokenStream
 from mingpt.kernels import CPUKernels
 from mingpt.model import GPT
-from mingpt.utils import CfgNode, set_seed, setup_logging
+from mingpt.utils import CfgNode, set_seed, setup_logging, write_json
 
 log = logging.getLogger(__name__)
 
@@ -312,9 +311,7 @@ def main(config: CfgNode) -> dict:
             print(f"{r['impl']:58s} {r['tokens_per_s']:9.1f} {r['mingpt_speedup']:9.2f}x")
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out)
+    write_json(out, result)
     print(f"\nwrote {out}")
     return result
 
