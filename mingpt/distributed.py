@@ -17,6 +17,7 @@ import atexit
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Callable, ContextManager, TypeVar
 
 import torch
@@ -70,8 +71,23 @@ def init() -> Place:
     return place()
 
 
+_farewell: list[Any] = []  # the barrier's work of _leave: the interpreter itself frees it, last
+
+
 def _leave() -> None:
     if dist.is_initialized():
+        # destroy_process_group neither waits for nor stops gloo's worker threads, and one may free
+        # the last collective's tensors after wait() has returned here; freeing a tensor Python sees
+        # takes the GIL, and a thread asking for it while the interpreter finalizes aborts the
+        # process (SIGABRT). A barrier holds every work still in flight until it is itself freed;
+        # kept here, it is freed by this thread, at the end (pytorch/pytorch#190489). A rank that
+        # failed alone waits for the others 30 s at most.
+        try:
+            work = dist.barrier(async_op=True, timeout=timedelta(seconds=30))
+            _farewell.append(work)
+            work.wait()
+        except RuntimeError:  # the others failed, or are stuck elsewhere: leave anyway
+            pass
         dist.destroy_process_group()
 
 

@@ -192,3 +192,22 @@ def test_other_names_and_missing_paths_still_get_clear_errors(tmp_path):
         GPT.from_pretrained(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="holds no mingpt checkpoint"):
         GPT.from_pretrained(tmp_path)
+
+
+def test_an_untied_head_loads_and_exports_as_its_own_weights(tmp_path):
+    """tie_word_embeddings=false (minGPT's default, and GPT2Config's option): the head is its own
+    tensor both ways."""
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=VOCAB, n_positions=32,
+                                     bos_token_id=None, eos_token_id=None, tie_word_embeddings=False)
+    hf_model = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        hf_model.lm_head.weight.normal_()  # (else it might equal wte by its init)
+    hf_model.save_pretrained(tmp_path / "hf")
+    model = GPT.from_pretrained(tmp_path / "hf").eval()
+    assert not model.config.tie_embeddings and model.lm_head.weight is not model.transformer.wte.weight
+    idx = torch.randint(VOCAB, (2, 32))
+    assert torch.allclose(model(idx)[0], hf_logits(hf_model, idx), atol=1e-5, rtol=0)
+    folder = model.save_pretrained(tmp_path / "export")
+    assert json.loads((folder / "config.json").read_text())["tie_word_embeddings"] is False
+    reloaded = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+    assert (model(idx)[0] - hf_logits(reloaded, idx)).abs().max() <= 1e-6

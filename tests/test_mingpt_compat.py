@@ -31,7 +31,8 @@ def test_a_mingpt_style_script_runs_unchanged(tmp_path):
     work_dir = tmp_path / "adder"
     result = run_script(work_dir, "--trainer.max_iters=500")
     # minGPT's bookkeeping by setup_logging(config): the command line and the config
-    assert (work_dir / "args.txt").read_text().endswith("--trainer.max_iters=500 --trainer.progress_bar=False")
+    assert (work_dir / "args.txt").read_text().split()[1:] == [f"--system.work_dir={work_dir}",
+                                                              "--trainer.progress_bar=False", "--trainer.max_iters=500"]
     config = json.loads((work_dir / "config.json").read_text())
     assert config["model"]["model_type"] == "gpt-nano" and config["trainer"]["max_iters"] == 500
     assert "endoftext 50256 Hello world" in result.stdout  # BPETokenizer().encoder.encoder[...]
