@@ -95,9 +95,6 @@ class RunFolder:
     def write_config(self, config: dict) -> None:
         write_json(self.path / self.CONFIG, config)
 
-    def read_config(self) -> dict:
-        return json.loads((self.path / self.CONFIG).read_text())
-
     def start_metrics(self, rows: list[dict]) -> None:
         """Begin metrics.jsonl with rows (a resumed run's rows up to its checkpoint: any written
         after it, or cut short by a kill, are dropped) and keep it open for append_metrics."""
@@ -120,9 +117,6 @@ class RunFolder:
 
     def write_summary(self, summary: dict) -> None:
         write_json(self.path / self.SUMMARY, summary)
-
-    def read_summary(self) -> dict:
-        return json.loads((self.path / self.SUMMARY).read_text())
 
     def plot(self, rows: list[dict]) -> None:
         """Draw loss.png: training and validation loss against iteration."""

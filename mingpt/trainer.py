@@ -87,7 +87,6 @@ class Trainer:
         self.train_dataset = train_dataset
         self.val_dataset = val_dataset
         self.run_folder = work_dir if isinstance(work_dir, RunFolder) or work_dir is None else RunFolder(work_dir)
-        self.work_dir = self.run_folder.path if self.run_folder is not None else None
         self.resume, self.overwrite, self.checkpoint = resume, overwrite, checkpoint
         global_batch = config.batch_size * self.grad_accum_steps * self.place.world_size
         self.run_config = {  # with what the environment and 'auto' settings made of the config
@@ -111,6 +110,11 @@ class Trainer:
         self._pending: dict[str, Any] = {}
         self._stop_requested = False
         self._signal: int | None = None
+
+    @property
+    def work_dir(self) -> Path | None:
+        """The run folder's path (None: the run writes nothing)."""
+        return self.run_folder.path if self.run_folder is not None else None
 
     @property
     def is_main(self) -> bool:
