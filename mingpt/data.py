@@ -226,6 +226,12 @@ def _encode_documents(inputs: list[Path], tokenizer, val_fraction: float, files:
     return counts, text_tokens
 
 
+def check_val_fraction(val_fraction: float) -> None:
+    """Refuse a validation share that leaves a split empty."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"data.val_fraction={val_fraction} must be between 0 and 1")
+
+
 def load_prepared(data_dir: Path, block_size: int) -> tuple[TokenStream, TokenStream, dict]:
     """The train and val streams of a folder made by prepare_corpus, memory-mapped, and its meta."""
     meta_file = data_dir / "meta.json"

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from mingpt import distributed, tokenizers
-from mingpt.data import TokenStream, corpus_path, load_prepared, prepare_corpus, read_pieces
+from mingpt.data import TokenStream, check_val_fraction, corpus_path, load_prepared, prepare_corpus, read_pieces
 from mingpt.model import GPT
 from mingpt.run_folder import RunFolder
 from mingpt.trainer import Trainer
@@ -65,8 +65,7 @@ def prepare_data(inputs: str, out_dir: str | Path, val_fraction: float, tokenize
     out_dir's train.bin / val.bin with a tokenizer of tokenizer.kind (a learnt BPE of
     tokenizer.vocab_size). Under torchrun one process writes the files and the others wait;
     returns meta.json's contents ({} on those others)."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"data.val_fraction={val_fraction} must be between 0 and 1")
+    check_val_fraction(val_fraction)
     paths = [corpus_path(name.strip()) for name in (inputs.split(",") if inputs else [""])]
 
     def prepare() -> dict:

@@ -17,7 +17,7 @@ import torch
 
 from mingpt import runtime
 from mingpt.char import CharTokenizer
-from mingpt.data import TokenStream, load_corpus
+from mingpt.data import TokenStream, check_val_fraction, load_corpus
 from mingpt.model import GPT
 from mingpt.pipeline import train_and_sample
 from mingpt.trainer import Trainer
@@ -53,8 +53,7 @@ def get_config() -> CfgNode:
 def split_streams(text: str, tokenizer: CharTokenizer, block_size: int, val_fraction: float
                   ) -> tuple[TokenStream, TokenStream]:
     """Encode text and cut it into a training stream (the first 90%) and a validation stream."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"data.val_fraction={val_fraction} must be between 0 and 1")
+    check_val_fraction(val_fraction)
     tokens = torch.tensor(tokenizer.encode(text), dtype=torch.long)
     n_train = int(len(tokens) * (1 - val_fraction))
     return TokenStream(tokens[:n_train], block_size), TokenStream(tokens[n_train:], block_size)
