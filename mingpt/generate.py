@@ -8,7 +8,7 @@ On the CPU the loop runs inside decoding(), which lays the weights out for matri
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import ContextManager
+from typing import ContextManager, Sequence
 
 import torch
 import torch.nn as nn
@@ -21,22 +21,48 @@ class KVCache:
 
     During generation each new token only needs its own query against all past keys, so we keep
     the keys/values instead of recomputing them: one step costs O(T) instead of O(T^2).
+    A local layer (windows[layer] = w) only ever looks at its last w positions, so it keeps those
+    in a ring of w slots, position p in slot p % w: its memory stops growing past the window. The
+    order of the slots does not matter, since a query weighs the keys it sees without regard to
+    their order (positions were added to the tokens before the first layer).
     """
 
     def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_dim: int,
-                 device: torch.device, dtype: torch.dtype) -> None:
-        shape = (n_layer, batch_size, n_head, max_len, head_dim)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
+                 device: torch.device, dtype: torch.dtype, windows: Sequence[int | None] | None = None) -> None:
+        self.windows = [min(w, max_len) if w else None for w in (windows or [None] * n_layer)]
+        shapes = [(batch_size, n_head, w or max_len, head_dim) for w in self.windows]
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for shape in shapes]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for shape in shapes]
         self.length = 0  # positions filled so far (advanced once per forward, after all layers)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store the new k, v (B, n_head, T, head_dim) and return all keys and values so far."""
-        keys, values = self.keys[layer], self.values[layer]
-        keys.narrow(2, self.length, k.size(2)).copy_(k)
-        values.narrow(2, self.length, v.size(2)).copy_(v)
-        end = self.length + k.size(2)
-        return keys.narrow(2, 0, end), values.narrow(2, 0, end)
+        """Store the new k, v (B, n_head, T, head_dim) and return the keys and values the new
+        queries attend over: all positions so far, or for a ring the new ones (a prompt, T > 1,
+        which must come first) or the window's (one new token)."""
+        keys, values, window = self.keys[layer], self.values[layer], self.windows[layer]
+        T = k.size(2)
+        if window is None:
+            keys.narrow(2, self.length, T).copy_(k)
+            values.narrow(2, self.length, T).copy_(v)
+            end = self.length + T
+            return keys.narrow(2, 0, end), values.narrow(2, 0, end)
+        if T == 1:
+            slot = self.length % window
+            keys.narrow(2, slot, 1).copy_(k)
+            values.narrow(2, slot, 1).copy_(v)
+            filled = min(self.length + 1, window)
+            return keys.narrow(2, 0, filled), values.narrow(2, 0, filled)
+        if self.length:
+            raise ValueError("a KV cache with local layers takes a prompt first, then one token at a time")
+        kept = min(T, window)  # the prompt's last positions, each into its slot
+        slots = torch.arange(T - kept, T, device=k.device) % window
+        keys.index_copy_(2, slots, k[:, :, T - kept:])
+        values.index_copy_(2, slots, v[:, :, T - kept:])
+        return k, v
+
+    def nbytes(self) -> int:
+        """The memory the cache holds, in bytes."""
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
 
 
 def check_request(idx: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> None:

@@ -5,10 +5,14 @@ A Block is pre-LayerNorm: x + attention(ln(x)), then x + mlp(ln(x)). Linear laye
 GELU is the tanh approximation, positions are learned: all as in OpenAI's GPT-2, so its weights
 load unchanged. Generation keeps a KV cache of past keys/values (generate.py).
 Each part (norm, positions, activation, the attention of each layer) is chosen once, by name, from
-the tables in layers.py; GPT-2's are the defaults.
+the tables in layers.py; GPT-2's are the defaults. The family around GPT-2 is a few choices away:
+    GPT-1:   norm_position="post" (LayerNorm after each residual sum, none at the end), exact GELU
+    GPT-3:   attention_pattern=("global", "local"): every other layer sees only the last
+             window_size positions (GPT-Neo too, with attention_scale=1.0 and no q/k/v biases)
 
-References: "Language Models are Unsupervised Multitask Learners" (GPT-2, 2019);
-"Attention Is All You Need" (2017).
+References: "Improving Language Understanding by Generative Pre-Training" (GPT-1, 2018);
+"Language Models are Unsupervised Multitask Learners" (GPT-2, 2019); "Language Models are
+Few-Shot Learners" (GPT-3, 2020); "Attention Is All You Need" (2017).
 """
 from __future__ import annotations
 
@@ -24,17 +28,35 @@ from mingpt import layers, pretrained
 from mingpt.generate import KVCache, check_request, choose_next, decoding
 from mingpt.utils import CfgNode
 
-# (n_layer, n_head, n_embd) of the named model shapes
+
+def _shape(n_layer: int, n_head: int, n_embd: int, **parts) -> dict:
+    return dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, **parts)
+
+
+GPT3 = dict(block_size=2048, attention_pattern=("global", "local"), window_size=256)
+# the named models: a shape, and for GPT-1 and GPT-3 their parts; each fills only the config
+# values left at None
 PRESETS = {
-    "openai-gpt": (12, 12, 768),  # 117M, GPT-1
-    "gpt2": (12, 12, 768),  # 124M
-    "gpt2-medium": (24, 16, 1024),  # 350M
-    "gpt2-large": (36, 20, 1280),  # 774M
-    "gpt2-xl": (48, 25, 1600),  # 1558M
-    "gopher-44m": (8, 16, 512),
-    "gpt-mini": (6, 6, 192),
-    "gpt-micro": (4, 4, 128),
-    "gpt-nano": (3, 3, 48),
+    "openai-gpt": _shape(12, 12, 768),  # 117M: GPT-1's shape on GPT-2's blocks (minGPT's preset)
+    "gpt1": _shape(12, 12, 768, block_size=512, norm_position="post", activation="gelu"),  # GPT-1 itself
+    "gpt2": _shape(12, 12, 768),  # 124M
+    "gpt2-medium": _shape(24, 16, 1024),  # 350M
+    "gpt2-large": _shape(36, 20, 1280),  # 774M
+    "gpt2-xl": _shape(48, 25, 1600),  # 1558M
+    # GPT-3, the paper's Table 2.1. Two of its rows do not divide: XL's 2048 dims in 24 heads of
+    # 128 (we keep the 128-dim heads: 16, as GPT-Neo 1.3B does) and 13B's 5140 dims (40 x 128 = 5120)
+    "gpt3-small": _shape(12, 12, 768, **GPT3),  # 125M
+    "gpt3-medium": _shape(24, 16, 1024, **GPT3),  # 350M
+    "gpt3-large": _shape(24, 16, 1536, **GPT3),  # 760M
+    "gpt3-xl": _shape(24, 16, 2048, **GPT3),  # 1.3B
+    "gpt3-2.7b": _shape(32, 32, 2560, **GPT3),
+    "gpt3-6.7b": _shape(32, 32, 4096, **GPT3),
+    "gpt3-13b": _shape(40, 40, 5120, **GPT3),
+    "gpt3-175b": _shape(96, 96, 12288, **GPT3),
+    "gopher-44m": _shape(8, 16, 512),
+    "gpt-mini": _shape(6, 6, 192),
+    "gpt-micro": _shape(4, 4, 128),
+    "gpt-nano": _shape(3, 3, 48),
 }
 
 
@@ -44,7 +66,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: CfgNode, kind: str) -> None:
         super().__init__()
         self.n_head = config.n_head
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # query, key, value in one matmul
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.qkv_bias)  # q, k, v in one matmul
         self.attend = layers.ATTENTIONS[kind](config)  # which past positions a query sees, and how
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
@@ -56,7 +78,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)  # the keys and values of every position so far
-        y = self.attend(q, k, v)  # softmax(q k^T / sqrt(head_dim)) v over the positions allowed
+        y = self.attend(q, k, v)  # softmax(q k^T / sqrt(head_dim)) v over the positions it may see
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
 
@@ -92,14 +114,26 @@ class Block(nn.Module):
         return x
 
 
+class PostNormBlock(Block):
+    """GPT-1's block, as in the original Transformer: the norm comes after each residual sum, so
+    every block's output is normalised (and the model needs no final norm)."""
+
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = self.ln_1(x + self.attn(x, kv_cache, layer))
+        return self.ln_2(x + self.mlp(x))
+
+
+BLOCKS = {"pre": Block, "post": PostNormBlock}  # config.norm_position
+
+
 class GPT(nn.Module):
-    """The GPT-2 language model."""
+    """The GPT-2 language model (and, by its config, GPT-1's and GPT-3's)."""
 
     @staticmethod
     def get_default_config() -> CfgNode:
         return CfgNode(
             # either model_type (a name in PRESETS) or n_layer, n_head, n_embd must be given;
-            # dimensions given explicitly override the preset's
+            # values given explicitly override the preset's
             model_type=None,
             n_layer=None,
             n_head=None,
@@ -113,24 +147,32 @@ class GPT(nn.Module):
             attn_pdrop=0.1,
             # the output head shares the token embedding's weights (GPT-2 does; minGPT does not)
             tie_embeddings=False,
-            # the parts, by their names in layers.py; layer i attends as attention_pattern[i % len]
+            # the parts, by their names in layers.py
             norm="layernorm",
+            norm_position="pre",  # "post": GPT-1's LayerNorm after each residual sum
             position_encoding="learned",
             activation="gelu_tanh",
-            attention_pattern=("global",),
+            # layer i attends as attention_pattern[i % len], e.g. ("global", "local") for GPT-3;
+            # a local layer sees the window_size positions ending at itself (None: the preset's,
+            # else ("global",) and 256)
+            attention_pattern=None,
+            window_size=None,
+            attention_scale=None,  # multiplies q k^T; None: 1/sqrt(head_dim) (GPT-Neo: 1.0)
+            qkv_bias=True,  # biases on the query, key and value projections (GPT-Neo has none)
         )
 
     def __init__(self, config: CfgNode) -> None:
         super().__init__()
         self.config = config = resolve_config(config)
         self.block_size = config.block_size
-        pattern = config.attention_pattern
+        pattern, block = config.attention_pattern, BLOCKS[config.norm_position]
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding
             wpe=layers.POSITIONS[config.position_encoding](config.block_size, config.n_embd),
             drop=nn.Dropout(config.embd_pdrop),
-            h=nn.ModuleList([Block(config, pattern[i % len(pattern)]) for i in range(config.n_layer)]),
-            ln_f=layers.NORMS[config.norm](config.n_embd),
+            h=nn.ModuleList([block(config, pattern[i % len(pattern)]) for i in range(config.n_layer)]),
+            # post-norm blocks end normalised already
+            ln_f=layers.NORMS[config.norm](config.n_embd) if config.norm_position == "pre" else nn.Identity(),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -159,10 +201,11 @@ class GPT(nn.Module):
     def flops_per_token(self) -> int:
         """Training FLOPs per token, 6 N + 12 L T C: N counts the parameters without the position
         embedding (a lookup, not a matmul), 12 L T C the attention's score and value products
-        (PaLM, appendix B)."""
+        (PaLM, appendix B), where a local layer's T is at most its window."""
         c = self.config
         n = self.num_params() - self.transformer.wpe.weight.numel()
-        return 6 * n + 12 * c.n_layer * c.block_size * c.n_embd
+        seen = sum(min(c.block_size, b.attn.attend.window or c.block_size) for b in self.transformer.h)
+        return 6 * n + 12 * seen * c.n_embd
 
     def hidden_states(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """The final (normed) hidden state of every position: (B, T) -> (B, T, n_embd)."""
@@ -233,8 +276,9 @@ class GPT(nn.Module):
         cache = None
         if use_cache and idx.size(1) < self.block_size:
             p, c = next(self.parameters()), self.config
+            windows = [block.attn.attend.window for block in self.transformer.h]  # local layers: a ring
             cache = KVCache(c.n_layer, idx.size(0), c.n_head, self.block_size, c.n_embd // c.n_head,
-                            p.device, p.dtype)
+                            p.device, p.dtype, windows)
         step_input = idx  # with a cache: the prompt first, then one token at a time
         with decoding(self, max_new_tokens if cache is not None else 0):
             for _ in range(max_new_tokens):
@@ -258,8 +302,9 @@ class GPT(nn.Module):
                         checkpoint: str | None = None) -> "GPT":
         """Load a model: a mingpt run folder (its newest intact checkpoint, or the one named by
         `checkpoint`: 'best', 'latest' or a folder name such as 'iter_0002000') or checkpoint
-        folder, a Hugging Face GPT-2 folder (config.json + weights), or OpenAI's GPT-2 by its hub
-        name (gpt2, gpt2-medium, gpt2-large, gpt2-xl; downloaded into the Hugging Face cache)."""
+        folder, a Hugging Face folder of GPT-2, GPT-1 (openai-gpt) or GPT-Neo (config.json +
+        weights), or a released model by its hub name (gpt2 ... gpt2-xl, openai-gpt,
+        EleutherAI/gpt-neo-125m ...; downloaded into the Hugging Face cache)."""
         if str(name_or_path) in PRESETS and str(name_or_path) not in pretrained.HUB_MODELS \
                 and not Path(name_or_path).exists():
             raise ValueError(f"{name_or_path!r} names a model shape without released weights; pass "
@@ -267,7 +312,8 @@ class GPT(nn.Module):
         return pretrained.load(cls, name_or_path, device, checkpoint)
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Export as a Hugging Face GPT-2 folder that transformers' GPT2LMHeadModel loads."""
+        """Export as the Hugging Face folder of the family this model is (GPT-2, GPT-1 or GPT-Neo),
+        which transformers loads; a model none of them describes exactly is refused."""
         return pretrained.save(self, directory)
 
     def crop_block_size(self, block_size: int) -> None:
@@ -289,9 +335,15 @@ def resolve_config(config: CfgNode) -> CfgNode:
         if resolved.model_type not in PRESETS:
             raise ValueError(f"unknown model_type {resolved.model_type!r}; choose one of "
                              f"{', '.join(PRESETS)} or set n_layer, n_head and n_embd")
-        for key, value in zip(("n_layer", "n_head", "n_embd"), PRESETS[resolved.model_type]):
+        for key, value in PRESETS[resolved.model_type].items():
             if getattr(resolved, key) is None:
                 setattr(resolved, key, value)
+    if resolved.attention_pattern is None:
+        resolved.attention_pattern = ("global",)
+    if isinstance(resolved.attention_pattern, str):  # from the command line: global,local
+        resolved.attention_pattern = tuple(resolved.attention_pattern.split(","))
+    if resolved.window_size is None:
+        resolved.window_size = 256
     for key in ("n_layer", "n_head", "n_embd", "vocab_size", "block_size"):
         value = getattr(resolved, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -302,6 +354,9 @@ def resolve_config(config: CfgNode) -> CfgNode:
     for key in ("embd_pdrop", "resid_pdrop", "attn_pdrop"):
         if not 0.0 <= getattr(resolved, key) < 1.0:
             raise ValueError(f"model.{key}={getattr(resolved, key)} must be in [0, 1)")
+    if resolved.norm_position not in BLOCKS:
+        raise ValueError(f"model.norm_position={resolved.norm_position!r} is not one of "
+                         f"{', '.join(map(repr, BLOCKS))}")
     layers.check_choices(resolved)
     resolved.attention_pattern = tuple(resolved.attention_pattern)
     return resolved
