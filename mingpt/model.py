@@ -33,6 +33,8 @@ def _shape(n_layer: int, n_head: int, n_embd: int, **parts) -> dict:
     return dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, **parts)
 
 
+# the parts a config leaves at None, unless its preset has its own: GPT-2's
+PARTS = dict(norm_position="pre", activation="gelu_tanh", attention_pattern=("global",), window_size=256)
 GPT3 = dict(block_size=2048, attention_pattern=("global", "local"), window_size=256)
 # the named models: a shape, and for GPT-1 and GPT-3 their parts; each fills only the config
 # values left at None
@@ -147,16 +149,15 @@ class GPT(nn.Module):
             attn_pdrop=0.1,
             # the output head shares the token embedding's weights (GPT-2 does; minGPT does not)
             tie_embeddings=False,
-            # the parts, by their names in layers.py
+            # the parts, by their names in layers.py; None: the preset's, else GPT-2's (PARTS)
             norm="layernorm",
-            norm_position="pre",  # "post": GPT-1's LayerNorm after each residual sum
+            norm_position=None,  # "pre"; "post": GPT-1's LayerNorm after each residual sum
             position_encoding="learned",
-            activation="gelu_tanh",
+            activation=None,  # "gelu_tanh"; "gelu": the exact GELU
             # layer i attends as attention_pattern[i % len], e.g. ("global", "local") for GPT-3;
-            # a local layer sees the window_size positions ending at itself (None: the preset's,
-            # else ("global",) and 256)
-            attention_pattern=None,
-            window_size=None,
+            # a local layer sees the window_size positions ending at itself
+            attention_pattern=None,  # ("global",)
+            window_size=None,  # 256
             attention_scale=None,  # multiplies q k^T; None: 1/sqrt(head_dim) (GPT-Neo: 1.0)
             qkv_bias=True,  # biases on the query, key and value projections (GPT-Neo has none)
         )
@@ -338,12 +339,11 @@ def resolve_config(config: CfgNode) -> CfgNode:
         for key, value in PRESETS[resolved.model_type].items():
             if getattr(resolved, key) is None:
                 setattr(resolved, key, value)
-    if resolved.attention_pattern is None:
-        resolved.attention_pattern = ("global",)
+    for key, value in PARTS.items():
+        if getattr(resolved, key) is None:
+            setattr(resolved, key, value)
     if isinstance(resolved.attention_pattern, str):  # from the command line: global,local
         resolved.attention_pattern = tuple(resolved.attention_pattern.split(","))
-    if resolved.window_size is None:
-        resolved.window_size = 256
     for key in ("n_layer", "n_head", "n_embd", "vocab_size", "block_size"):
         value = getattr(resolved, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
