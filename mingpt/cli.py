@@ -19,7 +19,7 @@ JOBS = {
     "prepare": ("mingpt.jobs.prepare", "text files -> train.bin / val.bin token files"),
     "train": ("mingpt.jobs.train", "train or fine-tune a GPT on prepared token files"),
     "words": ("mingpt.jobs.words", "a BPE-level GPT on any text (prepare + train)"),
-    "sample": ("mingpt.jobs.sample", "sample text from a trained run"),
+    "sample": ("mingpt.jobs.sample", "sample text from a trained run or a pretrained model"),
     "bench": ("mingpt.jobs.bench", "speed benchmarks: mingpt against Hugging Face and a reference loop"),
 }
 

@@ -29,8 +29,9 @@ def train_config() -> CfgNode:
     # checkpoint: which one to resume from ('latest', 'best', 'iter_N'; None: the newest intact)
     C.system = CfgNode(seed=3407, work_dir="out/train", resume=False, overwrite=False, checkpoint=None)
     C.data = CfgNode(dir="out/data")
-    # a pretrained model to start from: 'gpt2' ... 'gpt2-xl', a Hugging Face GPT-2 folder, or a
-    # mingpt run folder; '' trains a new model of the shape in `model`
+    # a pretrained model to start from: 'gpt2' ... 'gpt2-xl', 'EleutherAI/gpt-neo-125m' ..., a
+    # Hugging Face folder (GPT-2, GPT-Neo), or a mingpt run folder; '' trains a new model of the
+    # shape in `model` (whose attention_pattern and window_size, if set, must be the model's)
     C.init_from = ""
     C.model = GPT.get_default_config()
     C.model.model_type = "gpt-mini"
@@ -90,6 +91,7 @@ def build_model(config: CfgNode, vocab_size: int) -> GPT:
         return GPT(config.model)
     check_same_tokenizer(config.init_from, Path(config.data.dir))
     model = GPT.from_pretrained(config.init_from)
+    check_same_attention(config.model, model.config, config.init_from)
     if model.config.vocab_size < vocab_size:
         raise ValueError(f"the data's tokenizer has {vocab_size} tokens but {config.init_from!r} "
                          f"knows only {model.config.vocab_size}; prepare the data with its tokenizer")
@@ -99,8 +101,31 @@ def build_model(config: CfgNode, vocab_size: int) -> GPT:
                          f"use at most {model.config.block_size}")
     if config.model.block_size < model.config.block_size:
         model.crop_block_size(config.model.block_size)
+    config.model.attention_pattern = None  # (the same per layer, checked above: record the model's tuple)
     config.model.merge_from_dict(model.config.to_dict())  # record what was really trained
     return model
+
+
+def check_same_attention(asked: CfgNode, trained: CfgNode, init_from: str) -> None:
+    """A pretrained model attends as it was trained: refuse a model.attention_pattern or
+    model.window_size set explicitly (None means "the model's") to anything else. Patterns are
+    compared layer by layer, so ('global', 'local') and ('global', 'local', 'global', 'local')
+    are the same for a 4-layer model."""
+    def per_layer(pattern) -> list[str]:
+        if isinstance(pattern, str):  # from the command line: global,local
+            pattern = pattern.split(",")
+        pattern = list(pattern)
+        return [pattern[i % len(pattern)] for i in range(trained.n_layer)] if pattern else []
+
+    for key in ("attention_pattern", "window_size"):
+        value, theirs = getattr(asked, key), getattr(trained, key)
+        if value is None:
+            continue
+        same = per_layer(value) == per_layer(theirs) if key == "attention_pattern" else value == theirs
+        if not same:
+            raise ValueError(f"model.{key}={value!r} differs from the {theirs!r} that {init_from!r} "
+                             f"was trained with, and a pretrained model attends as it was trained; "
+                             f"leave model.{key} unset (None) to fine-tune it")
 
 
 def check_same_tokenizer(init_from: str, data_dir: Path) -> None:
@@ -108,7 +133,11 @@ def check_same_tokenizer(init_from: str, data_dir: Path) -> None:
     data_spec = tokenizers.spec(data_dir)
     if (Path(init_from) / tokenizers.SPEC_FILE).exists():  # a mingpt run folder knows its tokenizer
         same, expected = tokenizers.spec(init_from) == data_spec, f"the tokenizer of {init_from}"
-    else:  # OpenAI's GPT-2, or a Hugging Face GPT-2 folder
+    else:  # a released model or a Hugging Face folder: GPT-2's BPE, unless it is GPT-1
+        if tokenizers.is_pretrained(init_from) and tokenizers.pretrained_kind(init_from) != "gpt2":
+            raise ValueError(f"{init_from!r} reads {tokenizers.pretrained_kind(init_from)}'s own "
+                             f"tokenizer, which `mingpt prepare` does not make, so it cannot be "
+                             f"fine-tuned here; try it with `mingpt sample --model={init_from}`")
         same, expected = tokenizers.is_gpt2(data_spec), "GPT-2's tokenizer (mingpt prepare --tokenizer.kind=gpt2)"
     if not same:
         raise ValueError(f"the data in {str(data_dir)!r} was tokenized differently from "

@@ -25,16 +25,16 @@ def load(cls: type[nn.Module], name_or_path: str | Path, device: str | torch.dev
         return from_checkpoint(cls, *run.find_checkpoint(which), device)
     if (path / checkpoint.META_FILE).exists():
         return from_checkpoint(cls, checkpoint.verify(path), path, device)
-    if hf.is_hf_folder(path):
-        return hf.load_hf_gpt2(cls, path, device)
+    if hf.is_hf_folder(path):  # config.json's model_type picks the family (GPT-2, GPT-1, GPT-Neo)
+        return hf.load(cls, path, device)
     if path.exists():
         raise FileNotFoundError(f"{str(path)!r} holds no mingpt checkpoint ({checkpoint.META_FILE} and "
                                 f"{checkpoint.WEIGHTS_FILE}) and no Hugging Face model; pass a run "
                                 f"folder that has saved one")
     if str(name_or_path) in HUB_MODELS:
-        return hf.load_hf_gpt2(cls, str(name_or_path), device)
+        return hf.load(cls, str(name_or_path), device)
     raise FileNotFoundError(f"no mingpt run or checkpoint at {str(path)!r}; pass the "
-                            f"--system.work_dir of a finished run, a Hugging Face GPT-2 "
+                            f"--system.work_dir of a finished run, a Hugging Face GPT-2, GPT-1 or GPT-Neo "
                             f"folder, or one of {', '.join(HUB_MODELS)}")
 
 
@@ -50,5 +50,6 @@ def from_checkpoint(cls: type[nn.Module], meta: dict, folder: Path, device: str 
 
 
 def save(model: nn.Module, directory: str | Path) -> Path:
-    """Export model as a Hugging Face folder (GPT-2's format) that transformers loads."""
-    return hf.save_hf_gpt2(model, directory)
+    """Export model as the Hugging Face folder of the family that describes it exactly (GPT-2,
+    GPT-1 or GPT-Neo), which transformers loads; any other model is refused."""
+    return hf.save(model, directory)

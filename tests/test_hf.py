@@ -92,7 +92,7 @@ def test_export_overwrites_a_previous_export_and_leaves_no_temporary_files(tmp_p
     folder = tmp_path / "export"
     tiny_gpt(vocab_size=VOCAB, n_layer=3).save_pretrained(folder)
     model = tiny_gpt(vocab_size=VOCAB, n_layer=2)
-    hf.save_hf_gpt2(model, folder)
+    hf.save(model, folder)
     assert sorted(f.name for f in folder.iterdir()) == ["config.json", "model.safetensors"]
     assert json.loads((folder / "config.json").read_text())["n_layer"] == 2
     assert torch.equal(GPT.from_pretrained(folder).transformer.wte.weight, model.transformer.wte.weight)
@@ -141,7 +141,6 @@ def test_an_untied_lm_head_is_refused(tmp_path, hf_model):
 @pytest.mark.parametrize("change, message", [
     ({"activation_function": "relu"}, "activation_function 'relu' is not the tanh GELU"),
     ({"layer_norm_epsilon": 1e-6}, "layer_norm_epsilon is 1e-06, not 1e-5"),
-    ({"model_type": "gpt_neo"}, "model_type is 'gpt_neo', not 'gpt2'"),
     ({"n_inner": 64}, "n_inner is 64, not 4 * n_embd = 128"),
 ])
 def test_unsupported_architectures_are_refused(hf_folder, change, message):
@@ -150,6 +149,14 @@ def test_unsupported_architectures_are_refused(hf_folder, change, message):
     with pytest.raises(ValueError) as e:
         GPT.from_pretrained(hf_folder)
     assert message in str(e.value) and "original GPT-2 architecture" in str(e.value)
+
+
+def test_an_unknown_model_type_is_refused_naming_those_mingpt_loads(hf_folder):
+    config = json.loads((hf_folder / "config.json").read_text())
+    (hf_folder / "config.json").write_text(json.dumps({**config, "model_type": "gptj"}))
+    with pytest.raises(ValueError, match=r"model_type 'gptj' is not one mingpt loads; it loads "
+                                         r"'gpt2', 'openai-gpt', 'gpt_neo'"):
+        GPT.from_pretrained(hf_folder)
 
 
 def test_hub_name_without_network_fails_with_one_clear_message(monkeypatch, tmp_path):

@@ -24,7 +24,14 @@ RULES = {
     "mingpt.generate": BASE | {"mingpt.kernels"},
     "mingpt.model": BASE | {"mingpt.layers", "mingpt.generate", "mingpt.pretrained"},
     "mingpt.pretrained": BASE | {"mingpt.checkpoint", "mingpt.hf", "mingpt.run_folder"},
-    "mingpt.hf": BASE,
+    # hf/: the families and what they share; they import nothing of mingpt but utils and each other
+    "mingpt.hf": BASE | {"mingpt.hf.common", "mingpt.hf.files", "mingpt.hf.gpt2", "mingpt.hf.openai_gpt",
+                         "mingpt.hf.gpt_neo"},
+    "mingpt.hf.files": BASE,
+    "mingpt.hf.common": BASE,
+    "mingpt.hf.gpt2": BASE | {"mingpt.hf.common"},
+    "mingpt.hf.openai_gpt": BASE | {"mingpt.hf.common"},
+    "mingpt.hf.gpt_neo": BASE | {"mingpt.hf.common"},
     "mingpt.checkpoint": BASE,
     "mingpt.run_folder": BASE | {"mingpt.checkpoint", "mingpt.distributed"},
     "mingpt.distributed": BASE,
@@ -35,7 +42,7 @@ RULES = {
     "mingpt.trainer": BASE | TRAINING,
     "mingpt.bpe": BASE,
     "mingpt.char": BASE,
-    "mingpt.tokenizers": BASE | {"mingpt.bpe", "mingpt.char"},
+    "mingpt.tokenizers": BASE | {"mingpt.bpe", "mingpt.char", "mingpt.hf"},  # hf: a pretrained model's tokenizer
     "mingpt.data": BASE | {"mingpt.char"},
     "mingpt.pipeline": BASE | TRAINING - {"mingpt.runtime"} | {
         "mingpt.data", "mingpt.model", "mingpt.tokenizers", "mingpt.trainer"},
@@ -121,7 +128,8 @@ def test_the_readme_layout_names_every_module():
     named = set(re.findall(r"mingpt/([\w/]+\.py|[\w]+/)", layout))
     files = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.parent == PACKAGE}
     files |= {f"{p.name}/" for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
-    files |= {str(p.relative_to(PACKAGE)) for p in (PACKAGE / "kernels").glob("*.py") if p.name != "__init__.py"}
+    files |= {str(p.relative_to(PACKAGE)) for package in ("kernels", "hf")
+              for p in (PACKAGE / package).glob("*.py") if p.name != "__init__.py"}
     files -= {"__init__.py", "__main__.py"}
     missing = sorted(files - named)
     assert not missing, f"README.md's layout does not name: {missing}"

@@ -1,0 +1,71 @@
+"""What the model families of hf/ share: refusing a config value, and the last steps of turning
+Hugging Face tensors into mingpt's state dict (the tied head, every name and shape checked).
+
+Each family (gpt2.py, openai_gpt.py, gpt_neo.py) only renames and reshapes its own tensors;
+these helpers then make sure the result is exactly the model its config.json describes.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+GELU_TANH = ("gelu_new", "gelu_pytorch_tanh")  # HF's names of the tanh GELU, mingpt's "gelu_tanh"
+
+
+def refusal(where: str, what: str, runs: str) -> ValueError:
+    """The one-line error for a config.json value mingpt cannot run exactly:
+    '<file>: <key> is <value>, not <what mingpt has>; mingpt only runs <runs>'."""
+    return ValueError(f"{where}: {what}; mingpt only runs {runs}")
+
+
+def with_transformer_prefix(key: str) -> str:
+    """HF files come in two flavours: the LM-head model's ("transformer.h.0...") and the bare
+    model's ("h.0...", as OpenAI's and EleutherAI's first uploads); mingpt's names are the first."""
+    return key if key.startswith("transformer.") or key == "lm_head.weight" else f"transformer.{key}"
+
+
+def finish_state(state: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], where: str,
+                 tied: bool, family: str) -> dict[str, torch.Tensor]:
+    """Tie (or keep) the head, check every name and shape against `expected` (mingpt's parameter
+    names and shapes for this config), and return float32 contiguous tensors.
+
+    `state` is already in mingpt's names. A tied model's file may omit lm_head.weight (transformers
+    re-ties it on load); if it has one that differs from wte, transformers would not use it either.
+    """
+    head = state.pop("lm_head.weight", None)
+    wte = state.get("transformer.wte.weight")
+    if tied and wte is not None:
+        if head is not None and not (head.shape == wte.shape and torch.equal(head, wte)):
+            raise ValueError(f"{where}: lm_head differs from the token embedding wte although "
+                             f"tie_word_embeddings is true, so transformers itself would not use it; "
+                             f"this model cannot be loaded as it was trained")
+        state["lm_head.weight"] = wte
+    elif head is not None:
+        state["lm_head.weight"] = head
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{where}: weights do not match a {family} of this config.json: "
+                         f"missing {missing[:5] or 'none'}, unexpected {unexpected[:5] or 'none'}"
+                         f"{' (and more)' if len(missing) > 5 or len(unexpected) > 5 else ''}")
+    for name, shape in expected.items():
+        if tuple(state[name].shape) != shape:
+            raise ValueError(f"{where}: {name} has shape {tuple(state[name].shape)} but this "
+                             f"config.json needs {shape}; config and weights do not belong together")
+    # mingpt computes in float32; contiguous() because transposes and slices are views
+    return {name: t.to(torch.float32).contiguous() for name, t in state.items()}
+
+
+def mismatch(config: Any, parts: dict[str, Any]) -> str | None:
+    """The first of `parts` (config key -> the family's value) on which config differs, worded
+    'attention_scale=None, not 1.0'; None if the family has every one of them."""
+    for key, value in parts.items():
+        if getattr(config, key) != value:
+            return f"{key}={getattr(config, key)!r}, not {value!r}"
+    return None
+
+
+def dtype_name(tensor: torch.Tensor) -> str:
+    """'float32' for config.json's torch_dtype."""
+    return str(tensor.dtype).removeprefix("torch.")
