@@ -61,7 +61,8 @@ def run_job(job: str, args: list[str]) -> int:
     module = importlib.import_module(JOBS[job][0])
     config = module.get_config()
     if "--help" in args or "-h" in args:
-        print(config_help(job, config))
+        notes = getattr(module, "help_notes", None)  # a job may explain its keys' values further
+        print(config_help(job, config) + (f"\n\n{notes()}" if notes else ""))
         return 0
     try:
         config.merge_from_args(args)

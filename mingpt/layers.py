@@ -67,7 +67,7 @@ NORMS = {"layernorm": nn.LayerNorm}
 POSITIONS = {"learned": LearnedPositions}
 ACTIVATIONS = {
     "gelu_tanh": lambda: nn.GELU(approximate="tanh"),  # GPT-2's GELU: the tanh approximation
-    "gelu": nn.GELU,  # x * Phi(x) with the exact normal CDF, as Hugging Face runs GPT-1
+    "gelu": nn.GELU,  # x * Phi(x) with the exact normal CDF (BERT's)
 }
 ATTENTIONS = {"global": GlobalAttention, "local": LocalAttention}
 

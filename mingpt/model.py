@@ -6,7 +6,7 @@ GELU is the tanh approximation, positions are learned: all as in OpenAI's GPT-2,
 load unchanged. Generation keeps a KV cache of past keys/values (generate.py).
 Each part (norm, positions, activation, the attention of each layer) is chosen once, by name, from
 the tables in layers.py; GPT-2's are the defaults. The family around GPT-2 is a few choices away:
-    GPT-1:   norm_position="post" (LayerNorm after each residual sum, none at the end), exact GELU
+    GPT-1:   norm_position="post" (LayerNorm after each residual sum, none at the end)
     GPT-3:   attention_pattern=("global", "local"): every other layer sees only the last
              window_size positions (GPT-Neo too, with attention_scale=1.0 and no q/k/v biases)
 
@@ -40,7 +40,7 @@ GPT3 = dict(block_size=2048, attention_pattern=("global", "local"), window_size=
 # values left at None
 PRESETS = {
     "openai-gpt": _shape(12, 12, 768),  # 117M: GPT-1's shape on GPT-2's blocks (minGPT's preset)
-    "gpt1": _shape(12, 12, 768, block_size=512, norm_position="post", activation="gelu"),  # GPT-1 itself
+    "gpt1": _shape(12, 12, 768, block_size=512, norm_position="post"),  # GPT-1 itself
     "gpt2": _shape(12, 12, 768),  # 124M
     "gpt2-medium": _shape(24, 16, 1024),  # 350M
     "gpt2-large": _shape(36, 20, 1280),  # 774M
@@ -153,7 +153,7 @@ class GPT(nn.Module):
             norm="layernorm",
             norm_position=None,  # "pre"; "post": GPT-1's LayerNorm after each residual sum
             position_encoding="learned",
-            activation=None,  # "gelu_tanh"; "gelu": the exact GELU
+            activation=None,  # "gelu_tanh" (GPT-1's and GPT-2's); "gelu": the exact GELU
             # layer i attends as attention_pattern[i % len], e.g. ("global", "local") for GPT-3;
             # a local layer sees the window_size positions ending at itself
             attention_pattern=None,  # ("global",)
@@ -326,6 +326,13 @@ class GPT(nn.Module):
         wpe.weight = nn.Parameter(wpe.weight.detach()[:block_size].clone())
         wpe.num_embeddings = block_size
         self.block_size = self.config.block_size = block_size
+
+
+def describe_presets() -> str:
+    """For --help: the model_type presets, and what the parts left at None become."""
+    parts = ", ".join(f"{key}={value!r}" for key, value in PARTS.items())
+    return (f"model.model_type presets: {', '.join(PRESETS)}\n"
+            f"model parts left at None take the preset's value, else GPT-2's: {parts}")
 
 
 def resolve_config(config: CfgNode) -> CfgNode:

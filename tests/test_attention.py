@@ -1,5 +1,6 @@
 """Local (banded) attention, GPT-3's alternating pattern, and the ring KV cache of local layers:
 exact against a float64 masked reference and a brute-force loop, forward and gradients."""
+import json
 import math
 
 import pytest
@@ -157,14 +158,16 @@ def _all_global(config):
     return config
 
 
-def test_gpt1_preset_is_post_norm_with_exact_gelu_and_no_final_norm():
+def test_gpt1_preset_is_post_norm_with_no_final_norm_and_exports_as_openai_gpt(tmp_path):
     config = GPT.get_default_config()
     config.model_type, config.vocab_size = "gpt1", 40478
     model = GPT(config)
     assert model.config.block_size == 512 and model.config.norm_position == "post"
     assert type(model.transformer.h[0]).__name__ == "PostNormBlock"
     assert not any(name.startswith("transformer.ln_f") for name in model.state_dict())
-    assert isinstance(model.transformer.h[0].mlp.act, torch.nn.GELU) and model.transformer.h[0].mlp.act.approximate == "none"
+    assert model.transformer.h[0].mlp.act.approximate == "tanh"  # transformers runs GPT-1's "gelu" so
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "openai-gpt"
 
 
 def test_the_pattern_from_the_command_line_is_a_comma_separated_list():

@@ -56,6 +56,8 @@ def test_help_lists_every_key_with_its_default():
     result = mingpt("chargpt", "--help")
     assert result.returncode == 0
     assert "--trainer.max_iters=2000" in result.stdout and "--data.input=''" in result.stdout
+    # and what a model part left at None becomes
+    assert "gpt3-175b" in result.stdout and "attention_pattern=('global',)" in result.stdout
 
 
 @pytest.mark.parametrize("args, message", [

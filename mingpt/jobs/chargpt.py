@@ -19,6 +19,7 @@ from mingpt import runtime
 from mingpt.char import CharTokenizer
 from mingpt.data import TokenStream, check_val_fraction, load_corpus
 from mingpt.model import GPT
+from mingpt.model import describe_presets as help_notes  # noqa: F401  (for --help)
 from mingpt.pipeline import train_and_sample
 from mingpt.trainer import Trainer
 from mingpt.utils import CfgNode, setup_logging

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from mingpt import runtime
+from mingpt.model import describe_presets as help_notes  # noqa: F401  (for --help)
 from mingpt.pipeline import prepare_data, train_config, train_on_prepared
 from mingpt.utils import CfgNode, setup_logging
 

@@ -12,7 +12,8 @@ gives each piece's share of the true gradient. Every call is PyTorch's own fused
 2 x window keys per query instead of T.
 
 On CUDA the band goes to FlexAttention (compiled, with a block mask that skips blocks outside it);
-with attention dropout in training, to `banded_reference`: the same chunks, through a mask.
+with attention dropout in training, or where neither kernel is at hand, to `banded_reference`:
+the same chunks, through a mask (still O(T x window)).
 """
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ import math
 import torch
 from torch.nn import functional as F
 
-_FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-_FLASH_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+# PyTorch's fused CPU attention, called directly because SDPA does not hand out the log-sum-exp
+_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+_FLASH_BACKWARD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
 
 
 def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int,
@@ -37,9 +39,11 @@ def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: 
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, scale=scale)
     if dropout_p > 0.0 or window == 1:  # (a window of 1 would leave the flipped piece no keys)
         return banded_reference(q, k, v, window, scale, dropout_p)
-    if q.is_cuda:
+    if q.is_cuda and _has_flex():
         return _flex_banded(q, k, v, window, scale)
-    return _BandedCPU.apply(q, k, v, window, scale)
+    if q.is_cpu and _FLASH is not None:
+        return _BandedCPU.apply(q, k, v, window, scale)
+    return banded_reference(q, k, v, window, scale)
 
 
 def band_mask(T: int, window: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -137,6 +141,17 @@ class _BandedCPU(torch.autograd.Function):
         for total, part in ((dk, dk_p), (dv, dv_p)):  # piece 2's keys were the previous chunk's 1 .. w-1
             total.view(B, -1, H, window, D)[:, :-1, :, 1:] += part.view(B, -1, H, window - 1, D)[:, 1:].flip(3)
         return _unchunk(dq, B, T), _unchunk(dk, B, T), _unchunk(dv, B, T), None, None
+
+
+@functools.cache
+def _has_flex() -> bool:
+    """FlexAttention compiles to Triton kernels: it needs both."""
+    try:
+        import triton  # noqa: F401
+        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 @functools.cache
