@@ -10,6 +10,9 @@ Trainer's CUDA path end to end.
 3. generation: 500 new tokens greedy at batch 1 (and 8) from a 16-token prompt, bf16 weights,
    with the KV cache and without it.
 4. the Trainer on CUDA: `mingpt chargpt` (device auto), resumed, then `mingpt sample`.
+5. local (banded) attention, window 256, fwd+bwd in bf16 at T = 2048 and 4096: FlexAttention
+   with the band's block mask (mingpt.kernels.banded) against dense causal SDPA, and its largest
+   difference from the masked reference.
 Prints a table and writes JSON.
 """
 from __future__ import annotations
@@ -128,6 +131,29 @@ def trainer_on_cuda(out_dir: str) -> dict:
     return runs
 
 
+def local_attention(T: int, window: int = 256, batch: int = 8, repeats: int = 20) -> dict:
+    """A GPT-3 local layer's attention on CUDA against a global one's, forward + backward."""
+    import torch.nn.functional as F
+
+    from mingpt.kernels.banded import band_mask, banded_attention
+    q, k, v = (torch.randn(batch, 12, T, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
+    grad = torch.randn_like(q)
+    row = {"T": T, "window": window, "batch": batch}
+    for name, attend in (("dense_ms", lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)),
+                         ("local_ms", lambda: banded_attention(q, k, v, window))):
+        start = time.perf_counter()
+        attend().backward(grad)  # (FlexAttention compiles here)
+        torch.cuda.synchronize()
+        row[name.replace("_ms", "_first_call_s")] = time.perf_counter() - start
+        row[name] = 1000 * cuda_time(lambda: attend().backward(grad), repeats)
+    with torch.no_grad():
+        want = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=band_mask(T, window, "cuda"))
+        row["max_abs_diff_vs_masked_fp32"] = (banded_attention(q, k, v, window).float() - want).abs().max().item()
+    row["speedup"] = row["dense_ms"] / row["local_ms"]
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "gpu_check.json"))
@@ -152,6 +178,13 @@ def main() -> None:
         result["generate"].append(row)
         print(f"generate 500 tokens, batch {batch}, {'KV cache' if cache else 'no cache'}: "
               f"{row['tokens_per_s']:,.0f} tok/s", flush=True)
+    result["local_attention"] = []
+    for T in (2048, 4096):
+        row = local_attention(T)
+        result["local_attention"].append(row)
+        print(f"attention fwd+bwd bf16, 8 x 12 heads x 64, T={T}: dense causal {row['dense_ms']:.2f} ms, "
+              f"local (window 256) {row['local_ms']:.2f} ms, {row['speedup']:.2f}x; "
+              f"max diff vs fp32 masked {row['max_abs_diff_vs_masked_fp32']:.1e}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         result["trainer_on_cuda"] = trainer_on_cuda(os.environ.get("OUT", tmp))
     for name, run in result["trainer_on_cuda"].items():

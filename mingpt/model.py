@@ -79,7 +79,7 @@ class CausalSelfAttention(nn.Module):
         # (B, T, C) -> (B, n_head, T, head_dim): each head attends independently
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if kv_cache is not None:
-            k, v = kv_cache.update(layer, k, v)  # the keys and values of every position so far
+            k, v = kv_cache.update(layer, k, v)  # the keys and values of the positions so far
         y = self.attend(q, k, v)  # softmax(q k^T / sqrt(head_dim)) v over the positions it may see
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
