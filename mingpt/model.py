@@ -254,6 +254,18 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=train_config.learning_rate,
                                  betas=tuple(train_config.betas), fused=fused)
 
+    def parameter_roles(self) -> dict[str, list[nn.Parameter]]:
+        """The parameters by what they do, for optimizers that treat them apart (Muon orthogonalises
+        only the hidden matrices): "matrices" (the blocks' 2-D weights), "embeddings" (the token and
+        position tables; a tied head is the token table), "head" (an untied output head) and
+        "vectors" (norm gains and biases). Each parameter appears once."""
+        tables = [p for p in (self.transformer.wte.weight, self.transformer.wpe.weight)]
+        head = [] if self.config.tie_embeddings else [self.lm_head.weight]
+        known = {id(p) for p in tables + head}
+        rest = [p for p in self.parameters() if id(p) not in known]
+        return {"matrices": [p for p in rest if p.dim() >= 2], "embeddings": tables, "head": head,
+                "vectors": [p for p in rest if p.dim() < 2]}
+
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  do_sample: bool = False, top_k: int | None = None, top_p: float | None = None,
