@@ -67,17 +67,25 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, config: CfgNode, kind: str) -> None:
         super().__init__()
-        self.n_head = config.n_head
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.qkv_bias)  # q, k, v in one matmul
+        self.n_head, self.n_kv_head = config.n_head, config.n_kv_head  # (fewer k, v heads: GQA)
+        self.head_dim = config.n_embd // config.n_head
+        kv_dim = self.n_kv_head * self.head_dim
+        # query, key and value in one matmul
+        self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * kv_dim, bias=config.qkv_bias and config.bias)
+        self.q_norm, self.k_norm = (layers.NORMS[config.norm](self.head_dim) if config.qk_norm else nn.Identity()
+                                    for _ in range(2))
+        self.rotate = layers.ROTATIONS[config.position_encoding](config)  # RoPE: by position
         self.attend = layers.ATTENTIONS[kind](config)  # which past positions a query sees, and how
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = self.c_attn(x).split([C, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim): each head attends independently
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k, v = (t.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2) for t in (k, v))
+        q, k = self.rotate(self.q_norm(q), self.k_norm(k), kv_cache.length if kv_cache is not None else 0)
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)  # the keys and values of the positions so far
         y = self.attend(q, k, v)  # softmax(q k^T / sqrt(head_dim)) v over the positions it may see
@@ -90,9 +98,9 @@ class MLP(nn.Module):
 
     def __init__(self, config: CfgNode) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.act = layers.ACTIVATIONS[config.activation]()
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,9 +113,9 @@ class Block(nn.Module):
     def __init__(self, config: CfgNode, attention: str) -> None:
         super().__init__()
         norm = layers.NORMS[config.norm]
-        self.ln_1 = norm(config.n_embd)
+        self.ln_1 = norm(config.n_embd, bias=config.bias)
         self.attn = CausalSelfAttention(config, attention)
-        self.ln_2 = norm(config.n_embd)
+        self.ln_2 = norm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
@@ -160,6 +168,14 @@ class GPT(nn.Module):
             window_size=None,  # 256
             attention_scale=None,  # multiplies q k^T; None: 1/sqrt(head_dim) (GPT-Neo: 1.0)
             qkv_bias=True,  # biases on the query, key and value projections (GPT-Neo has none)
+            # options since GPT-2, all off by default (see README, "Options since GPT-2"):
+            # position_encoding="rope" and norm="rmsnorm" / "rmsnorm_no_gain" above, activation="relu2",
+            rope_base=10000.0,  # RoPE: pair i of a head turns by position * rope_base^(-2i / head_dim)
+            n_kv_head=None,  # key/value heads (grouped-query attention); None: n_head
+            qk_norm=False,  # normalise each head's queries and keys (the model's norm) before attending
+            bias=True,  # False: no biases in any linear layer or norm
+            zero_init_projections=False,  # the projections into the residual stream start at zero
+            logit_softcap=None,  # e.g. 15.0: logits = cap * tanh(logits / cap)
         )
 
     def __init__(self, config: CfgNode) -> None:
@@ -169,15 +185,17 @@ class GPT(nn.Module):
         pattern, block = config.attention_pattern, BLOCKS[config.norm_position]
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding
-            wpe=layers.POSITIONS[config.position_encoding](config.block_size, config.n_embd),
+            wpe=layers.POSITIONS[config.position_encoding](config),  # learned: a vector per position
             drop=nn.Dropout(config.embd_pdrop),
             h=nn.ModuleList([block(config, pattern[i % len(pattern)]) for i in range(config.n_layer)]),
             # post-norm blocks end normalised already
-            ln_f=layers.NORMS[config.norm](config.n_embd) if config.norm_position == "pre" else nn.Identity(),
+            ln_f=layers.NORMS[config.norm](config.n_embd, bias=config.bias) if config.norm_position == "pre"
+            else nn.Identity(),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
+        self.cap = layers.SoftCap(config.logit_softcap) if config.logit_softcap else nn.Identity()
 
         # GPT-2 init: N(0, 0.02), and the projections that write into the residual stream scaled
         # by 1/sqrt(2 n_layer) so that the stream's variance does not grow with depth
@@ -185,6 +203,8 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if config.zero_init_projections:  # each block starts as the identity (modded-nanogpt)
+                    nn.init.zeros_(p)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -204,7 +224,7 @@ class GPT(nn.Module):
         embedding (a lookup, not a matmul), 12 L T C the attention's score and value products
         (PaLM, appendix B), where a local layer's T is at most its window."""
         c = self.config
-        n = self.num_params() - self.transformer.wpe.weight.numel()
+        n = self.num_params() - sum(p.numel() for p in self.transformer.wpe.parameters())
         seen = sum(min(c.block_size, b.attn.attend.window or c.block_size) for b in self.transformer.h)
         return 6 * n + 12 * seen * c.n_embd
 
@@ -229,7 +249,7 @@ class GPT(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits for the next token at every position, and the cross-entropy loss if targets
         (B, T) are given; targets equal to -1 are ignored (e.g. the prompt part of an example)."""
-        logits = self.lm_head(self.hidden_states(idx))
+        logits = self.cap(self.lm_head(self.hidden_states(idx)))
         loss = None
         if targets is not None:
             if targets.shape != idx.shape:
@@ -241,7 +261,7 @@ class GPT(nn.Module):
     def configure_optimizers(self, train_config: CfgNode) -> torch.optim.Optimizer:
         """AdamW with weight decay on the matmul weights only: decaying biases, LayerNorm gains
         and embeddings (which are lookups, not matmuls) only hurts."""
-        embeddings = {id(self.transformer.wte.weight), id(self.transformer.wpe.weight)}
+        embeddings = {id(p) for table in (self.transformer.wte, self.transformer.wpe) for p in table.parameters()}
         params = list(self.parameters())  # unique: a tied head/embedding appears once
         decay = [p for p in params if p.dim() >= 2 and id(p) not in embeddings]
         no_decay = [p for p in params if p.dim() < 2 or id(p) in embeddings]
@@ -259,7 +279,7 @@ class GPT(nn.Module):
         only the hidden matrices): "matrices" (the blocks' 2-D weights), "embeddings" (the token and
         position tables; a tied head is the token table), "head" (an untied output head) and
         "vectors" (norm gains and biases). Each parameter appears once."""
-        tables = [p for p in (self.transformer.wte.weight, self.transformer.wpe.weight)]
+        tables = [p for table in (self.transformer.wte, self.transformer.wpe) for p in table.parameters()]
         head = [] if self.config.tie_embeddings else [self.lm_head.weight]
         known = {id(p) for p in tables + head}
         rest = [p for p in self.parameters() if id(p) not in known]
@@ -290,7 +310,7 @@ class GPT(nn.Module):
         if use_cache and idx.size(1) < self.block_size:
             p, c = next(self.parameters()), self.config
             windows = [block.attn.attend.window for block in self.transformer.h]  # local layers: a ring
-            cache = KVCache(c.n_layer, idx.size(0), c.n_head, self.block_size, c.n_embd // c.n_head,
+            cache = KVCache(c.n_layer, idx.size(0), c.n_kv_head, self.block_size, c.n_embd // c.n_head,
                             p.device, p.dtype, windows)
         step_input = idx  # with a cache: the prompt first, then one token at a time
         with decoding(self, max_new_tokens if cache is not None else 0):
@@ -302,7 +322,7 @@ class GPT(nn.Module):
                     # tokens (positions shift, so cached keys can no longer be reused)
                     cache = None
                     h = self.hidden_states(idx[:, -self.block_size:])
-                logits = self.lm_head(h[:, -1, :])
+                logits = self.cap(self.lm_head(h[:, -1, :]))
                 next_token = choose_next(logits, temperature, do_sample, top_k, top_p)
                 idx = torch.cat([idx, next_token], dim=1)
                 step_input = next_token
@@ -331,12 +351,13 @@ class GPT(nn.Module):
 
     def crop_block_size(self, block_size: int) -> None:
         """Shrink the context to block_size (e.g. GPT-2's 1024 to 256 for a cheaper fine-tune) by
-        keeping only the first block_size learned positions."""
+        keeping only the first block_size learned positions (rotary positions need nothing)."""
         if not 1 <= block_size <= self.block_size:
             raise ValueError(f"block_size={block_size} must be between 1 and the model's {self.block_size}")
         wpe = self.transformer.wpe
-        wpe.weight = nn.Parameter(wpe.weight.detach()[:block_size].clone())
-        wpe.num_embeddings = block_size
+        if isinstance(wpe, nn.Embedding):
+            wpe.weight = nn.Parameter(wpe.weight.detach()[:block_size].clone())
+            wpe.num_embeddings = block_size
         self.block_size = self.config.block_size = block_size
 
 
@@ -363,7 +384,9 @@ def resolve_config(config: CfgNode) -> CfgNode:
             setattr(resolved, key, value)
     if isinstance(resolved.attention_pattern, str):  # from the command line: global,local
         resolved.attention_pattern = tuple(resolved.attention_pattern.split(","))
-    for key in ("n_layer", "n_head", "n_embd", "vocab_size", "block_size"):
+    if resolved.n_kv_head is None:
+        resolved.n_kv_head = resolved.n_head
+    for key in ("n_layer", "n_head", "n_embd", "vocab_size", "block_size", "n_kv_head"):
         value = getattr(resolved, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             hint = "" if key in ("vocab_size", "block_size") else " (or choose a model_type)"

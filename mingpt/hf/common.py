@@ -60,10 +60,16 @@ def finish_state(state: dict[str, torch.Tensor], expected: dict[str, tuple[int, 
 def mismatch(config: Any, parts: dict[str, Any]) -> str | None:
     """The first of `parts` (config key -> the family's value) on which config differs, worded
     'attention_scale=None, not 1.0'; None if the family has every one of them."""
-    for key, value in parts.items():
+    if config.n_kv_head != config.n_head:
+        return f"n_kv_head={config.n_kv_head} (grouped-query attention), not n_head={config.n_head}"
+    for key, value in {**NO_MODERN_OPTIONS, **parts}.items():
         if getattr(config, key) != value:
             return f"{key}={getattr(config, key)!r}, not {value!r}"
     return None
+
+
+# options since GPT-2 that none of the families here has (a Llama-style export would be their home)
+NO_MODERN_OPTIONS = {"bias": True, "qk_norm": False, "logit_softcap": None}
 
 
 def dtype_name(tensor: torch.Tensor) -> str:
