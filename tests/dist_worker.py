@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_model
 
-from helpers import STEPS, BATCH, tiny_run
+from helpers import BATCH, MODEL_OPTIONS, STEPS, tiny_run
 from mingpt import distributed
 
 
@@ -52,6 +52,11 @@ def main(out: Path) -> None:
     tiny_run(out / "fsdp_resumed", fsdp=True, max_iters=STEPS // 2).run()
     tiny_run(out / "fsdp_resumed", resume=True, fsdp=True).run()
     tiny_run(out / "fsdp_bf16", fsdp=True, dtype="bf16").run()
+    tiny_run(out / "fsdp_options", fsdp=True, model_options=MODEL_OPTIONS).run()
+    trainer = tiny_run(model_options=MODEL_OPTIONS)
+    trainer.run()
+    if trainer.is_main:
+        save_model(trainer.model, str(out / "ddp_options.safetensors"))
     overflow = overflow_in_one_shard()
     if overflow is not None:
         (out / "fp16_overflow.json").write_text(json.dumps(overflow))

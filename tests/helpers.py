@@ -22,13 +22,21 @@ SHAKESPEARE = PROJECT_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 STEPS, BATCH = 6, 4  # the distributed tests: k optimizer steps; b examples per process (1 process: 2b)
 
 
-def tiny_gpt(vocab_size: int = 11, block_size: int = 16, dropout: float = 0.0, **dims) -> GPT:
-    """A 2-layer, 32-dim GPT-2 (head tied to the embedding, as GPT-2's)."""
+# every option since GPT-2 at once (tests/test_options.py tests each alone)
+MODEL_OPTIONS = dict(position_encoding="rope", norm="rmsnorm", qk_norm=True, activation="relu2", bias=False,
+                     logit_softcap=15.0, n_kv_head=1, zero_init_projections=True,
+                     attention_pattern=("local", "global"), window_size=5)
+
+
+def tiny_gpt(vocab_size: int = 11, block_size: int = 16, dropout: float = 0.0, options: dict | None = None,
+             **dims) -> GPT:
+    """A 2-layer, 32-dim GPT-2 (head tied to the embedding, as GPT-2's), with model options if given."""
     config = GPT.get_default_config()
     config.n_layer, config.n_head, config.n_embd = dims.get("n_layer", 2), dims.get("n_head", 2), dims.get("n_embd", 32)
     config.vocab_size, config.block_size = vocab_size, block_size
     config.embd_pdrop = config.resid_pdrop = config.attn_pdrop = dropout
     config.tie_embeddings = True
+    config.merge_from_dict(options or {})
     return GPT(config)
 
 
@@ -59,13 +67,14 @@ class Bigram(nn.Module):
         return logits, loss
 
 
-def tiny_run(work_dir: Path | None = None, resume: bool = False, **overrides) -> Trainer:
+def tiny_run(work_dir: Path | None = None, resume: bool = False, model_options: dict | None = None,
+             **overrides) -> Trainer:
     """A Trainer for a tiny GPT (2 layers, 32 dims, block 16) on a learnable cycle of 7 tokens,
     seeded alike everywhere; the default lr (3e-4) without decay, so that runs cut short and
     resumed match straight ones. tests/dist_worker.py runs it under torchrun, the tests in one
     process, so that only the number of processes differs."""
     torch.manual_seed(0)
-    model = tiny_gpt(vocab_size=11)
+    model = tiny_gpt(vocab_size=11, options=model_options)
     data = TokenStream(torch.arange(4000) % 7, 16)
     c = Trainer.get_default_config()
     c.device, c.max_iters, c.batch_size, c.lr_decay = "cpu", STEPS, BATCH, False

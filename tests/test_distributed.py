@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import BATCH, STEPS, final_tensors, latest_iteration, rows_without_timing, start_and_kill, tiny_run
+from helpers import BATCH, MODEL_OPTIONS, STEPS, final_tensors, latest_iteration, rows_without_timing, start_and_kill, tiny_run
 from mingpt.distributed import Place
 from mingpt.model import GPT
 from mingpt.trainer import draw_batches
@@ -78,6 +78,18 @@ def test_fsdp_matches_one_rank_and_writes_the_checkpoint_one_process_writes(job,
     # one tied head/embedding, the optimizer numbered alike; and rank 1's RNG too
     assert sharded.keys() == plain.keys() | {"rank1.rng.torch"}
     assert all(sharded[k].shape == plain[k].shape and sharded[k].dtype == plain[k].dtype for k in plain)
+
+
+def test_every_model_option_trains_the_same_under_ddp_and_fsdp_as_in_one_process(job):
+    """RoPE, RMSNorm, QK-norm, ReLU^2, no biases, soft-capped logits, one kv head, zero-initialised
+    projections and a local layer, all at once: 2 ranks x b as 1 rank x 2b."""
+    one = tiny_run(batch_size=2 * BATCH, model_options=MODEL_OPTIONS)
+    one.run()
+    for name, trained in (("DDP", load_file(str(job / "ddp_options.safetensors"))),
+                          ("FSDP2", weights(GPT.from_pretrained(job / "fsdp_options")))):
+        diff = max_difference(trained, weights(one.model))
+        print(f"{name} with every model option: max |weight difference| {diff:.1e}")
+        assert diff <= 1e-6
 
 
 def test_a_resumed_fsdp_run_is_bitwise_identical_to_a_straight_one(job):
