@@ -51,13 +51,23 @@ class Trainer:
             # fp32 elsewhere; or 'fp32', 'bf16', 'fp16'. Weights and optimizer state stay fp32
             dtype="auto",
             fsdp=False,  # under torchrun: shard weights, gradients and optimizer state (FSDP2), not DDP
-            learning_rate=3e-4,
+            optimizer="adamw",  # or 'muon': Muon for the hidden matrices, AdamW for the rest (optim.py)
+            learning_rate=3e-4,  # (with muon: AdamW's peak rate, for embeddings, head, gains, biases)
             betas=(0.9, 0.95),
             weight_decay=0.1,  # applied only where the model's configure_optimizers says
             grad_norm_clip=1.0,  # 0 disables clipping
             warmup_iters=0,  # linear warmup from 0 to learning_rate
-            lr_decay=False,  # cosine decay to min_lr_ratio * learning_rate at max_iters (minGPT: constant)
+            lr_decay=False,  # decay to min_lr_ratio * learning_rate at max_iters (minGPT: constant)
             min_lr_ratio=0.1,
+            lr_schedule="cosine",  # the decay: 'cosine', or 'wsd' (constant, then a cooldown at the end)
+            cooldown_fraction=0.2,  # wsd: the last fraction of max_iters that cools down to the floor
+            cooldown_shape="linear",  # wsd: 'linear' or '1-sqrt'
+            muon_lr=0.02,  # muon: the matrices' peak rate (the schedule scales it as it scales learning_rate)
+            muon_momentum=0.95,  # muon: Nesterov momentum, reached after muon_momentum_warmup_iters
+            muon_momentum_start=0.85,
+            muon_momentum_warmup_iters=300,
+            muon_weight_decay=0.0,  # muon: decoupled weight decay of the matrices
+            muon_ns_dtype="auto",  # muon: Newton-Schulz in 'fp32', 'bf16', or 'auto' (bf16 on CUDA only)
             eval_interval=250,  # iterations between validation evaluations (and checkpoints)
             eval_iters=50,  # batches per evaluation (None: the whole validation set)
             log_interval=10,  # iterations between rows of metrics.jsonl
@@ -175,7 +185,7 @@ class Trainer:
             with _signals_stop(self):
                 while (c.max_iters is None or self.iter_num < c.max_iters) and not stopping:
                     lr = self.lr_at(self.iter_num)
-                    optim.set_lr(self.optimizer, lr)
+                    optim.apply_schedule(self.optimizer, self.iter_num, c, lr)  # lr, Muon's momentum
                     self.loss, tokens_per_iter = self._step(next(batches))  # no host sync per step
                     window.paused += self._compile_seconds()
                     window.losses.append(self.loss)
@@ -497,5 +507,6 @@ def check_config(c: CfgNode) -> None:
         problems.append(f"trainer.compile={c.compile!r} must be True, False or None (on CUDA only)")
     if c.eval_interval < 1 or c.log_interval < 1:
         problems.append("trainer.eval_interval and trainer.log_interval must be >= 1")
+    problems += optim.config_problems(c)  # the optimizer's and schedule's settings
     if problems:
         raise ValueError("; ".join(problems))

@@ -1,5 +1,7 @@
-"""Optimizers apart from the loop: the schedule, lr multipliers per group, and several optimizers
-stepping as one (OptimizerSet) through the Trainer, its checkpoints and an exact resume."""
+"""Optimizers apart from the loop: lr multipliers per group, several optimizers stepping as one
+(OptimizerSet) through the Trainer, its checkpoints and an exact resume; the schedules (cosine is
+in test_trainer.py, WSD and Muon's momentum warmup here); AdamW as the default, as it was; and the
+refusals of settings that make no sense. (Muon itself: test_muon.py.)"""
 import pytest
 import torch
 
@@ -66,3 +68,105 @@ def test_two_optimizers_train_checkpoint_and_resume_exactly(tmp_path):
     resumed = run(tmp_path / "cut", 20, resume=True)
     for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
         assert torch.equal(a, b)
+
+
+# -- schedules ---------------------------------------------------------------------------------------
+def schedule(**overrides):
+    return quick_config(max_iters=100, warmup_iters=10, learning_rate=1.0, min_lr_ratio=0.1, **overrides)
+
+
+@pytest.mark.parametrize("shape, at_90", [("linear", 0.55), ("1-sqrt", 0.1 + 0.9 * (1 - 0.5 ** 0.5))])
+def test_warmup_stable_decay_holds_the_rate_then_cools_down_to_the_floor(shape, at_90):
+    c = schedule(lr_schedule="wsd", cooldown_fraction=0.2, cooldown_shape=shape)
+    assert optim.lr_at(0, c) == pytest.approx(0.1)  # warmup: (it + 1) / warmup_iters
+    assert optim.lr_at(9, c) == pytest.approx(1.0)  # the warmup's end
+    assert optim.lr_at(50, c) == 1.0 and optim.lr_at(80, c) == 1.0  # stable, up to the cooldown's start
+    assert optim.lr_at(90, c) == pytest.approx(at_90)  # halfway through the cooldown
+    assert optim.lr_at(100, c) == pytest.approx(0.1)  # the floor, at max_iters
+    lrs = [optim.lr_at(i, c) for i in range(10, 101)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_wsd_without_lr_decay_is_constant_after_warmup_as_in_mingpt():
+    c = schedule(lr_schedule="wsd", lr_decay=False)
+    assert [optim.lr_at(i, c) for i in (9, 80, 99, 100)] == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_a_cooldown_longer_than_the_run_after_warmup_starts_when_the_warmup_ends():
+    c = schedule(lr_schedule="wsd", cooldown_fraction=1.0)
+    assert optim.lr_at(10, c) == 1.0 and optim.lr_at(55, c) == pytest.approx(0.55)
+
+
+def test_muon_momentum_warms_up_linearly_then_holds():
+    c = quick_config(muon_momentum_start=0.85, muon_momentum=0.95, muon_momentum_warmup_iters=300)
+    assert [optim.momentum_at(i, c) for i in (0, 150, 300, 1000)] == pytest.approx([0.85, 0.90, 0.95, 0.95])
+    assert optim.momentum_at(0, quick_config(muon_momentum_warmup_iters=0)) == 0.95
+
+
+def test_apply_schedule_sets_every_lr_and_only_muons_momentum():
+    model = tiny_gpt(vocab_size=7)
+    c = quick_config(optimizer="muon", muon_momentum_warmup_iters=10, warmup_iters=10)
+    sgd = torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.5)
+    optimizer = OptimizerSet([*optim.build(model, c).optimizers, sgd])
+    assert optim.apply_schedule(optimizer, 5, c) == pytest.approx(optim.lr_at(5, c))
+    muon_group, *_, sgd_group = optimizer.param_groups
+    assert muon_group["momentum"] == pytest.approx(0.9) and sgd_group["momentum"] == 0.5
+    assert muon_group["lr"] == pytest.approx(optim.lr_at(5, c) * c.muon_lr / c.learning_rate)
+    assert optim.apply_schedule(optimizer, 5, c, lr=0.5) == 0.5 and sgd_group["lr"] == 0.5
+
+
+def test_a_trainer_that_overrides_lr_at_still_sets_the_rate():
+    class Frozen(Trainer):
+        def lr_at(self, it):
+            return 0.0
+
+    model = tiny_gpt(vocab_size=7)
+    before = [p.detach().clone() for p in model.parameters()]
+    Frozen(quick_config(max_iters=3), model, pattern_stream()).run()
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+# -- the default is today's AdamW ----------------------------------------------------------------------
+def test_adamw_is_the_models_own_optimizer_and_trains_bitwise_as_before(monkeypatch):
+    """optimizer="adamw" builds configure_optimizers' AdamW, and the loop with apply_schedule gives
+    the very losses and weights of the loop as it was (build = configure_optimizers, set_lr)."""
+    model = tiny_gpt(vocab_size=7)
+    built, own = optim.build(model, quick_config()), model.configure_optimizers(quick_config())
+    assert type(built) is torch.optim.AdamW
+    assert [{k: v for k, v in g.items() if k != "params"} for g in built.param_groups] == \
+           [{k: v for k, v in g.items() if k != "params"} for g in own.param_groups]
+
+    def train():
+        torch.manual_seed(0)
+        trainer = Trainer(quick_config(max_iters=8, log_interval=1, warmup_iters=3), tiny_gpt(vocab_size=7),
+                          pattern_stream())
+        trainer.run()
+        return [row["loss"] for row in trainer.metrics], list(trainer.model.parameters())
+
+    losses, weights = train()
+    monkeypatch.setattr(optim, "build", lambda model, c: model.configure_optimizers(c))
+    monkeypatch.setattr(optim, "apply_schedule", lambda optimizer, it, c, lr: optim.set_lr(optimizer, lr))
+    old_losses, old_weights = train()
+    assert losses == old_losses
+    assert all(torch.equal(a, b) for a, b in zip(weights, old_weights))
+
+
+# -- bad settings ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("key, value, message", [
+    ("optimizer", "sgd", "trainer.optimizer='sgd' must be one of 'adamw', 'muon'"),
+    ("lr_schedule", "step", "trainer.lr_schedule='step' must be one of 'cosine', 'wsd'"),
+    ("cooldown_shape", "sqrt", "trainer.cooldown_shape='sqrt' must be one of 'linear', '1-sqrt'"),
+    ("muon_ns_dtype", "fp16", "trainer.muon_ns_dtype='fp16' must be one of 'auto', 'fp32', 'bf16'"),
+    ("cooldown_fraction", -0.1, "trainer.cooldown_fraction=-0.1 must be between 0 and 1"),
+    ("min_lr_ratio", 2.0, "trainer.min_lr_ratio=2.0 must be between 0 and 1"),
+    ("muon_momentum", 1.0, r"trainer.muon_momentum=1.0 must be in \[0, 1\)"),
+    ("muon_momentum_start", -0.5, r"trainer.muon_momentum_start=-0.5 must be in \[0, 1\)"),
+    ("muon_momentum_warmup_iters", -1, "trainer.muon_momentum_warmup_iters=-1 must be >= 0"),
+    ("warmup_iters", -5, "trainer.warmup_iters=-5 must be >= 0"),
+    ("muon_lr", 0.0, r"trainer.muon_lr=0.0 must be > 0"),
+    ("muon_weight_decay", -0.1, "trainer.muon_weight_decay=-0.1 must be >= 0"),
+])
+def test_unknown_names_and_senseless_settings_are_refused_in_one_line(key, value, message):
+    with pytest.raises(ValueError, match=message) as refused:
+        Trainer(quick_config(**{key: value}), tiny_gpt(vocab_size=7), pattern_stream())
+    assert "\n" not in str(refused.value)
