@@ -1,9 +1,11 @@
-"""The `mingpt` command: `mingpt <job> [--section.key=value ...]`. It only parses and dispatches.
+"""The `mingpt` command: `mingpt <job> [--recipe=NAME] [--section.key=value ...]`. It only parses
+and dispatches.
 
 Each job is a module of mingpt/jobs/ with get_config() -> CfgNode and main(config), imported
-only when it runs; `mingpt <job> --help` lists
-every key with its default. A user's mistake ends in one line on stderr and exit status 1
-(`--debug` shows the traceback instead).
+only when it runs; `mingpt <job> --help` lists every key with its default, and the recipes
+(mingpt/recipes.py) for a job whose config has a `recipe` key (the training jobs). A recipe is
+applied to the job's defaults before the command line's own overrides, which win. A user's
+mistake ends in one line on stderr and exit status 1 (`--debug` shows the traceback instead).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import importlib
 import os
 import sys
 
+from mingpt import recipes
 from mingpt.utils import CfgNode, ConfigError, env_rank
 
 JOBS = {
@@ -28,19 +31,34 @@ USER_ERRORS = (ValueError, OSError, FloatingPointError)
 
 
 def usage() -> str:
-    lines = ["usage: mingpt <job> [--section.key=value ...] [--help] [--debug]", "", "jobs:"]
+    lines = ["usage: mingpt <job> [--recipe=NAME] [--section.key=value ...] [--help] [--debug]", "", "jobs:"]
     lines += [f"  {name:10s} {about}" for name, (_, about) in JOBS.items()]
     return "\n".join(lines)
 
 
 def config_help(job: str, config: CfgNode) -> str:
-    lines = [f"usage: mingpt {job} [--section.key=value ...]", "", "keys and their defaults:"]
+    takes_recipe = recipes.KEY in config.keys_flat()
+    lines = [f"usage: mingpt {job} {'[--recipe=NAME] ' if takes_recipe else ''}[--section.key=value ...]", "",
+             "keys and their defaults:"]
     for key in config.keys_flat():
         value = config
         for part in key.split("."):
             value = getattr(value, part)
         lines.append(f"  --{key}={value!r}")
+    if takes_recipe:
+        lines += ["", recipes.describe()]
     return "\n".join(lines)
+
+
+def take_recipe(job: str, config: CfgNode, args: list[str]) -> list[str]:
+    """Apply the recipe that args name (--recipe=NAME) to config, the job's defaults; returns the
+    other args, the overrides that go on top of it. Without --recipe, config is left as it is."""
+    names = [arg.split("=", 1)[1] for arg in args if arg.startswith("--recipe=")]
+    if len(names) > 1:
+        raise ConfigError(f"--recipe is given {len(names)} times ({', '.join(names)}); give one")
+    if names:
+        recipes.apply(config, names[0], job)
+    return [arg for arg in args if not arg.startswith("--recipe=")]
 
 
 def say(line: str) -> None:
@@ -60,11 +78,12 @@ def run_job(job: str, args: list[str]) -> int:
     args = [a for a in args if a != "--debug"]
     module = importlib.import_module(JOBS[job][0])
     config = module.get_config()
-    if "--help" in args or "-h" in args:
-        notes = getattr(module, "help_notes", None)  # a job may explain its keys' values further
-        print(config_help(job, config) + (f"\n\n{notes()}" if notes else ""))
-        return 0
     try:
+        args = take_recipe(job, config, args)  # (first: the command line's overrides win)
+        if "--help" in args or "-h" in args:  # the defaults, with the recipe's if one is named
+            notes = getattr(module, "help_notes", None)  # a job may explain its keys' values further
+            print(config_help(job, config) + (f"\n\n{notes()}" if notes else ""))
+            return 0
         config.merge_from_args(args)
         module.main(config)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM: the Trainer saved a checkpoint first

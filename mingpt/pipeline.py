@@ -28,6 +28,7 @@ def train_config() -> CfgNode:
     C = CfgNode()
     # checkpoint: which one to resume from ('latest', 'best', 'iter_N'; None: the newest intact)
     C.system = CfgNode(seed=3407, work_dir="out/train", resume=False, overwrite=False, checkpoint=None)
+    C.recipe = None  # set by --recipe=NAME (mingpt/recipes.py; --help lists them), recorded in config.json
     C.data = CfgNode(dir="out/data")
     # a pretrained model to start from: 'gpt2' ... 'gpt2-xl', 'EleutherAI/gpt-neo-125m' ..., a
     # Hugging Face folder (GPT-2, GPT-Neo), or a mingpt run folder; '' trains a new model of the
@@ -156,7 +157,8 @@ def train_and_sample(config: CfgNode, model: GPT, tokenizer: tokenizers.Tokenize
     if trainer.is_main:
         run.save_tokenizer(tokenizer)
     summary = trainer.run()
-    log.info(f"best val loss {summary['val_loss']:.4f} after {summary['iters']} iterations in "
+    ended = "" if summary["stop_reason"] == "max_iters" else f" (ended by {summary['stop_reason']})"
+    log.info(f"best val loss {summary['val_loss']:.4f} after {summary['iters']} iterations{ended} in "
              f"{summary['wall_s']:.1f} s ({summary['ms_per_iter']:.1f} ms/iter); run folder: {s.work_dir}")
     sample = config.sample
     if sample.max_new_tokens > 0:

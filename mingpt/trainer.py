@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from mingpt import checkpoint, distributed, evaluate, kernels, optim, parallel, runtime
 from mingpt.distributed import Place
 from mingpt.run_folder import RunFolder
-from mingpt.utils import CfgNode
+from mingpt.utils import CfgNode, unwrap
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,12 @@ class Trainer:
             device="auto",  # 'auto' picks cuda, then mps, then cpu (under torchrun: cuda:LOCAL_RANK)
             num_workers=0,  # DataLoader workers, only for per-example datasets
             max_iters=None,  # None trains until stopped
+            # end the run early (None: off): at the first evaluation whose val loss is <= target_val_loss,
+            # or at the iteration by which the run has taken max_seconds (evaluations included; a
+            # resumed run's seconds go on from its checkpoint). Either ends as max_iters does:
+            # evaluated and saved. summary.json says which ended it (stop_reason)
+            target_val_loss=None,
+            max_seconds=None,
             batch_size=64,  # examples per micro-batch, in each process
             grad_accum_steps=1,  # micro-batches per optimizer step
             # examples per optimizer step over all processes; if set, grad_accum_steps follows
@@ -88,6 +94,9 @@ class Trainer:
         joins the job, see mingpt/distributed.py) and the run folder prepared.
         """
         check_config(config)
+        if config.target_val_loss is not None and val_dataset is None:
+            raise ValueError(f"trainer.target_val_loss={config.target_val_loss} needs validation data to be "
+                             f"reached; pass a val_dataset, or leave the target at None")
         self.config = config
         chosen = runtime.choose(config.device, config.dtype)  # (worked out; nothing is changed)
         self.place, self.device, self.amp_dtype = chosen.place, chosen.device, chosen.amp_dtype
@@ -120,6 +129,9 @@ class Trainer:
         self._pending: dict[str, Any] = {}
         self._stop_requested = False
         self._signal: int | None = None
+        self.stop_reason: str | None = None  # why run() ended (summary.json's stop_reason; _agree_to_stop)
+        self._seconds_before = 0.0  # a resumed run's seconds up to its checkpoint
+        self._clock_origin = 0.0  # the time.time() at which the run's clock (max_seconds, target_s) read 0
 
     @property
     def work_dir(self) -> Path | None:
@@ -171,14 +183,17 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        """Train until max_iters (or stop()); returns the summary (also written to summary.json).
+        """Train until max_iters, target_val_loss, max_seconds or stop(); returns the summary (also
+        written to summary.json, with the stop_reason).
 
-        SIGINT / SIGTERM end the run after the current iteration, with a checkpoint saved.
+        SIGINT / SIGTERM end the run after the current iteration, with a checkpoint saved (and
+        summary.json, stop_reason "interrupted").
         """
         c = self._start()
         batches = self.batches(self.train_dataset)
-        window, tokens_per_iter, stopping = _LogWindow(self.iter_num), 0, False
+        window, tokens_per_iter = _LogWindow(self.iter_num), 0
         run_start = self.iter_time = time.time()
+        stopping = self._start_clock(run_start)  # (a resumed run may have met its target or budget)
         progress = tqdm(total=c.max_iters, initial=self.iter_num, disable=not (c.progress_bar and self.is_main),
                         mininterval=1.0, dynamic_ncols=True, desc="training")
         try:
@@ -192,16 +207,18 @@ class Trainer:
                     now = time.time()
                     self.iter_dt, self.iter_time = now - self.iter_time, now
                     done = self.iter_num + 1
-                    due = done % c.eval_interval == 0 or done == c.max_iters  # evaluate and save
+                    out_of_time = self._out_of_time(now)  # (agreed by the ranks: they evaluate together)
+                    due = done % c.eval_interval == 0 or done == c.max_iters or out_of_time  # evaluate and save
 
                     paused_at = time.time()  # evaluation and callbacks are not training time
                     improved = due and self._validate()
+                    reached = due and self._reached_target(done)
                     self.trigger_callbacks("on_batch_end")
                     window.paused += time.time() - paused_at
                     self.iter_num = done
                     progress.update(1)
 
-                    stopping, pending = self._agree_to_stop()
+                    stopping, pending = self._agree_to_stop(reached, out_of_time)
                     if done % c.log_interval == 0 or pending or due or stopping:
                         window = self._write_row(window, done, lr, tokens_per_iter, run_start, progress)
                     if due or stopping:  # after the row, so a resumed run has every row up to here
@@ -211,6 +228,7 @@ class Trainer:
             if self.run_folder is not None:
                 self.run_folder.close_metrics()
         if self._signal is not None:
+            self._finish(run_start, tokens_per_iter, callbacks=False)  # (stop_reason "interrupted")
             raise KeyboardInterrupt(f"stopped by signal {self._signal} after iteration {self.iter_num}"
                                     + ("; checkpoint saved, continue with --system.resume=true"
                                        if self.run_folder is not None else ""))
@@ -290,17 +308,65 @@ class Trainer:
         self.trigger_callbacks("on_eval_end")
         return improved
 
-    def _agree_to_stop(self) -> tuple[bool, bool]:
+    def _agree_to_stop(self, reached: bool = False, out_of_time: bool = False) -> tuple[bool, bool]:
         """(stop now, a row is pending), the same on every rank: a signal or a callback's stop()
         may come to some ranks only, and every rank must stop, and write a row, at the same
         iteration. (The signal is read first and never cleared here: one that lands between these
-        reads stops the next iteration.)"""
+        reads stops the next iteration.) Sets stop_reason to the first that holds of "interrupted"
+        (a signal), "target_val_loss" (reached), "max_seconds" (out_of_time, agreed already) and
+        "stop()" (called by a callback: the adder's, once its test set is solved)."""
         signum = self._signal or 0
-        stop, pending, signum = distributed.max_over_ranks(self._stop_requested or signum > 0,
-                                                           bool(self._pending), signum)
+        stop, pending, signum, reached = distributed.max_over_ranks(self._stop_requested or signum > 0,
+                                                                    bool(self._pending), signum, reached)
         if signum:
             self._signal = signum
-        return bool(stop), bool(pending)
+        reasons = {"interrupted": signum, "target_val_loss": reached, "max_seconds": out_of_time, "stop()": stop}
+        self.stop_reason = next((reason for reason, met in reasons.items() if met), None)
+        return self.stop_reason is not None, bool(pending)
+
+    # -- stopping early: a target val loss, a time budget -----------------------------------------------
+    def _start_clock(self, run_start: float) -> bool:
+        """Start the run's clock, which max_seconds and target_s read: seconds since training began,
+        evaluations and checkpoints included, going on from a resumed run's checkpoint (so the time
+        between a kill and the resume is not counted, nor that of the iterations after the
+        checkpoint, which are trained again). Returns whether a resumed run had already reached its
+        target (the same one) or taken its max_seconds: like one past its max_iters, it trains no
+        further."""
+        c = self.config
+        self._clock_origin = run_start - self._seconds_before
+        if c.target_val_loss is not None and self.summary.get("target_val_loss") != c.target_val_loss:
+            self.summary.update(target_val_loss=c.target_val_loss, target_reached=False, target_iter=None,
+                                target_s=None)
+        if c.target_val_loss is not None and self.summary["target_reached"]:
+            self.stop_reason = "target_val_loss"
+        elif c.max_seconds is not None and self._seconds_before >= c.max_seconds:
+            self.stop_reason = "max_seconds"
+        return self.stop_reason is not None
+
+    def _out_of_time(self, now: float) -> bool:
+        """Whether the run has taken its max_seconds, on any rank: the ranks' clocks differ a little,
+        and all must evaluate, save and stop at the same iteration. One small collective per
+        iteration (on the CPU), and only when max_seconds is set."""
+        c = self.config
+        if c.max_seconds is None:
+            return False
+        out = bool(distributed.max_over_ranks(now - self._clock_origin >= c.max_seconds)[0])
+        if out and self.is_main:
+            log.info(f"the run has taken its max_seconds={c.max_seconds}: evaluating, saving and stopping")
+        return out
+
+    def _reached_target(self, done: int) -> bool:
+        """Whether this evaluation's val loss is at or below target_val_loss. The first time, the
+        summary records when: iteration `done`, and the run's clock after the evaluation."""
+        c = self.config
+        if c.target_val_loss is None or self.val_loss is None or self.val_loss > c.target_val_loss:
+            return False
+        if not self.summary["target_reached"]:
+            self.summary.update(target_reached=True, target_iter=done, target_s=time.time() - self._clock_origin)
+            if self.is_main:
+                log.info(f"val loss {self.val_loss:.4f} reached the target {c.target_val_loss} at iteration "
+                         f"{done}, {self.summary['target_s']:.1f} s into the run: saving and stopping")
+        return True
 
     def _write_row(self, window: _LogWindow, done: int, lr: float, tokens_per_iter: int, run_start: float,
                    progress: tqdm) -> _LogWindow:
@@ -315,7 +381,9 @@ class Trainer:
         progress.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
         return _LogWindow(done)
 
-    def _finish(self, run_start: float, tokens_per_iter: int) -> dict[str, Any]:
+    def _finish(self, run_start: float, tokens_per_iter: int, callbacks: bool = True) -> dict[str, Any]:
+        """Write summary.json and the plot. callbacks=False for a run stopped by a signal: it is
+        not over (it can be resumed), so on_train_end is not called."""
         self.summary = {
             "iters": self.iter_num,
             "wall_s": time.time() - run_start,
@@ -323,8 +391,12 @@ class Trainer:
             "tokens_per_s": tokens_per_iter * self.iter_num / max(self.train_seconds, 1e-9),
             "final_loss": self.metrics[-1]["loss"] if self.metrics else None,
             **self.summary,
+            "stop_reason": self.stop_reason or "max_iters",
         }
-        self.trigger_callbacks("on_train_end")
+        if self.config.target_val_loss is not None or self.config.max_seconds is not None:
+            self.summary["run_s"] = time.time() - self._clock_origin  # the clock they read
+        if callbacks:
+            self.trigger_callbacks("on_train_end")
         if self.run_folder is not None and self.is_main:
             self.run_folder.write_summary(self.summary)
             self.run_folder.plot(self.metrics)
@@ -342,7 +414,8 @@ class Trainer:
             rng_json, rng_tensors = checkpoint.pack_rng_states(rng_states)
             state = {"lr": self.lr_at(self.iter_num), "val_loss": self.val_loss,
                      "best_val": self.best_val if math.isfinite(self.best_val) else None,
-                     "train_seconds": self.train_seconds, "summary": self.summary, "rng": rng_json,
+                     "train_seconds": self.train_seconds, "run_seconds": time.time() - self._clock_origin,
+                     "optimizer_kind": optimizer_kind(self.optimizer), "summary": self.summary, "rng": rng_json,
                      "grad_scaler": self.scaler.state_dict(), "run_config": self.run_config,
                      "metrics": self.metrics}
             tensors = {**rng_tensors, "data.generator": self.generator.get_state()}
@@ -353,8 +426,10 @@ class Trainer:
         distributed.run_together(write, main_only=True)  # a failed save (full disk) stops every rank
 
     def _checkpoint_to_resume(self) -> tuple[dict, Path]:
-        """The checkpoint to resume from, with a warning if the settings changed."""
+        """The checkpoint to resume from. One of another model is refused (check_same_model; the
+        optimizer is checked in _restore); other changed settings get a warning."""
         meta, folder = self.run_folder.find_checkpoint(self.checkpoint)
+        check_same_model(meta.get("model_config"), self.model, folder)
         changed = _changed_keys(meta["run_config"], json.loads(json.dumps(self.run_config)))
         if changed and self.is_main:
             log.warning(f"resuming with changed settings ({', '.join(changed)}): the run will not "
@@ -364,6 +439,7 @@ class Trainer:
     def _restore(self, meta: dict, folder: Path) -> None:
         """Continue exactly where the checkpoint in folder left off: optimizer, iteration, RNGs
         (each rank its own), data order, metrics. (_start has loaded the weights.)"""
+        check_same_optimizer(meta, self.optimizer, self.config, folder)
         loader = self.strategy.optimizer_state_loader(self.model, self.optimizer)
         tensors = checkpoint.load_state(folder, self.optimizer, loader)
         self.generator.set_state(tensors["data.generator"])
@@ -379,6 +455,7 @@ class Trainer:
         self.val_loss = meta["val_loss"]
         self.best_val = math.inf if meta["best_val"] is None else meta["best_val"]
         self.train_seconds = meta["train_seconds"]
+        self._seconds_before = meta.get("run_seconds", 0.0)  # (0: a checkpoint older than the clock)
         self.summary = meta["summary"]
         self.metrics = meta["metrics"]  # metrics.jsonl is rewritten from these: rows after the
         # checkpoint (or a row cut short by a kill) are dropped, and the resumed run writes them anew
@@ -419,15 +496,77 @@ def draw_batches(dataset: Dataset, generator: torch.Generator, place: Place, row
 
 
 def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested config dicts (resume flags aside)."""
+    """Dotted keys whose values differ between two nested config dicts (resume flags, the
+    length of the run and its stopping conditions aside)."""
     changed = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             changed += _changed_keys(a, b, f"{prefix}{key}.")
-        elif a != b and key not in ("resume", "overwrite", "max_iters", "checkpoint"):
+        elif a != b and key not in ("resume", "overwrite", "max_iters", "checkpoint", "target_val_loss",
+                                    "max_seconds"):
             changed.append(f"{prefix}{key}")
     return changed
+
+
+# -- resuming with the model and optimizer of the checkpoint -------------------------------------------
+# model keys a resumed run may change: a preset's name (the values it stands for are compared one by
+# one) and dropout, which changes how the model trains, not what its weights are
+_MODEL_KEYS_FREE_ON_RESUME = ("model_type", "embd_pdrop", "resid_pdrop", "attn_pdrop")
+# parameter-group keys that the loop sets every iteration (the schedule: lr, Muon's momentum), or that
+# say how this device computes the update: they may differ from the checkpoint's
+_GROUP_KEYS_FREE_ON_RESUME = ("params", "param_names", "lr", "initial_lr", "momentum", "foreach", "fused",
+                              "capturable", "differentiable")
+_NEW_RUN = "or start a new run (another --system.work_dir, or --system.overwrite=true)"
+
+
+def check_same_model(saved: dict | None, model: nn.Module, folder: Path) -> None:
+    """Refuse to resume the checkpoint in folder, whose model config is `saved`, into a model
+    configured otherwise (other parts, pattern, window, dims, ...): its weights would not fit, or
+    would fit parts they were not trained for, and the run would mix two models. Names the first
+    differing key with both values. Keys the checkpoint predates and _MODEL_KEYS_FREE_ON_RESUME
+    are not compared, nor anything for a model without a config."""
+    config = getattr(unwrap(model), "config", None)
+    if saved is None or not hasattr(config, "to_dict"):
+        return
+    current = json.loads(json.dumps(config.to_dict()))  # (tuples as the lists the checkpoint holds)
+    for key, value in current.items():
+        if key in saved and key not in _MODEL_KEYS_FREE_ON_RESUME and saved[key] != value:
+            raise ValueError(f"cannot resume {folder.name} with model.{key}={value!r}: it was trained with "
+                             f"model.{key}={saved[key]!r}, and a run keeps its model; resume with that, "
+                             f"{_NEW_RUN}")
+
+
+def optimizer_kind(optimizer: torch.optim.Optimizer) -> str:
+    """The optimizer's class, or an OptimizerSet's members' in order: 'AdamW', 'Muon+AdamW'."""
+    return "+".join(type(o).__name__ for o in getattr(optimizer, "optimizers", [optimizer]))
+
+
+def check_same_optimizer(meta: dict, optimizer: torch.optim.Optimizer, config: CfgNode, folder: Path) -> None:
+    """Refuse to resume the checkpoint in folder (metadata `meta`) with another optimizer, before
+    its state is loaded: another kind keeps other state, and load_state_dict restores the
+    parameter groups, so a setting kept there (betas, weight_decay, lr_mult, ...) that differs
+    from the checkpoint's would be silently replaced by it. Names the first difference with both
+    values; what the loop sets every iteration may differ (_GROUP_KEYS_FREE_ON_RESUME)."""
+    kind, saved_kind = optimizer_kind(optimizer), meta.get("optimizer_kind")
+    if saved_kind is not None and kind != saved_kind:
+        raise ValueError(f"cannot resume {folder.name} with the optimizer {kind}: it was trained with "
+                         f"{saved_kind}; resume with that, {_NEW_RUN}")
+    saved_groups = (meta.get("optimizer") or {}).get("param_groups")
+    if saved_groups is None:
+        return
+    groups = json.loads(json.dumps([{k: v for k, v in g.items() if k not in _GROUP_KEYS_FREE_ON_RESUME}
+                                    for g in optimizer.param_groups], default=str))
+    if len(groups) != len(saved_groups):
+        raise ValueError(f"cannot resume {folder.name} with an optimizer of {len(groups)} parameter groups: "
+                         f"it was trained with {len(saved_groups)}; resume with its settings, {_NEW_RUN}")
+    for i, (group, saved) in enumerate(zip(groups, saved_groups)):
+        for key, value in group.items():
+            if key in saved and saved[key] != value:
+                setting = f"trainer.{key}" if hasattr(config, key) else f"the optimizer's {key}"
+                raise ValueError(f"cannot resume {folder.name} with {setting}={value!r} (parameter group {i}): "
+                                 f"it was trained with {saved[key]!r}, which its saved state would silently "
+                                 f"keep; resume with that, {_NEW_RUN}")
 
 
 @contextmanager
@@ -507,6 +646,14 @@ def check_config(c: CfgNode) -> None:
         problems.append(f"trainer.compile={c.compile!r} must be True, False or None (on CUDA only)")
     if c.eval_interval < 1 or c.log_interval < 1:
         problems.append("trainer.eval_interval and trainer.log_interval must be >= 1")
+    for key in ("target_val_loss", "max_seconds"):
+        value = getattr(c, key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            problems.append(f"trainer.{key}={value!r} must be a number, or None (off)")
+        elif key == "max_seconds" and value <= 0:
+            problems.append(f"trainer.max_seconds={value} must be > 0, or None (no time limit)")
     problems += optim.config_problems(c)  # the optimizer's and schedule's settings
     if problems:
         raise ValueError("; ".join(problems))

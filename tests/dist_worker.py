@@ -17,6 +17,7 @@ from safetensors.torch import save_model
 
 from helpers import BATCH, MODEL_OPTIONS, STEPS, tiny_run
 from mingpt import distributed
+from mingpt.utils import env_rank
 
 
 def overflow_in_one_shard() -> list[tuple[bool, float]] | None:
@@ -40,8 +41,21 @@ def overflow_in_one_shard() -> list[tuple[bool, float]] | None:
     return distributed.gather((skipped, scaler.get_scale()))
 
 
-def main(out: Path) -> None:
+def stopping(out: Path) -> None:
+    """Rank 1 alone runs out of time (its max_seconds is tiny, rank 0's a day): every rank must
+    stop after the same iteration, or rank 0 would wait for rank 1 at its next collective."""
+    trainer = tiny_run(max_iters=1000, max_seconds=1e-6 if env_rank() == 1 else 86400.0)
+    trainer.run()
+    stops = distributed.gather([trainer.iter_num, trainer.stop_reason])
+    if trainer.is_main:
+        (out / "stopping.json").write_text(json.dumps(stops))
+
+
+def main(out: Path, scenario: str | None = None) -> None:
     torch.set_num_threads(1)
+    if scenario == "stopping":  # (on its own: a quick job)
+        stopping(out)
+        return
     runs = {"ddp": {}, "ddp_accum": {"batch_size": BATCH // 2, "grad_accum_steps": 2}}
     for name, overrides in runs.items():
         trainer = tiny_run(**overrides)
@@ -63,4 +77,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), *sys.argv[2:3])

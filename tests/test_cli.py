@@ -95,3 +95,16 @@ def test_bench_prints_a_table_and_writes_json(tmp_path):
     row = data["train"][0]
     assert row["impl"] == "mingpt" and row["tokens_per_s"] > 0 and 0 < row["mfu"] < 2
     assert data["peak_gflops"] > 0
+
+
+def test_a_recipe_and_a_time_budget_from_the_command_line(tmp_path, corpus):
+    """--recipe=gpt2 is the job's defaults by name; --trainer.max_seconds ends the run early, as
+    max_iters would (evaluated and saved), and the last line says so."""
+    work_dir = tmp_path / "run"
+    result = mingpt("chargpt", "--recipe=gpt2", f"--data.input={corpus}", f"--system.work_dir={work_dir}",
+                    "--sample.max_new_tokens=1", *TINY, "--trainer.max_iters=1000000", "--trainer.max_seconds=1")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((work_dir / "summary.json").read_text())
+    assert summary["stop_reason"] == "max_seconds" and summary["iters"] < 1000000 and summary["run_s"] >= 1
+    assert f"after {summary['iters']} iterations (ended by max_seconds)" in result.stderr
+    assert json.loads((work_dir / "config.json").read_text())["recipe"] == "gpt2"

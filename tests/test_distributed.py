@@ -157,6 +157,14 @@ def test_each_rank_takes_its_own_rows_of_one_global_batch():
             assert torch.equal(x, whole[0][rows]) and torch.equal(y, whole[1][rows])
 
 
+def test_every_rank_stops_after_the_same_iteration_when_one_runs_out_of_time(tmp_path):
+    """max_seconds is agreed over the ranks every iteration: rank 1's tiny budget stops both after
+    their first iteration, evaluated together (a rank left training alone would hang the job)."""
+    result = torchrun(str(TESTS / "dist_worker.py"), str(tmp_path), "stopping", timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "stopping.json").read_text()) == [[1, "max_seconds"], [1, "max_seconds"]]
+
+
 # -- chargpt through torchrun: one writer, exact resume, errors on every rank ---------------------
 RUN = ["--model.model_type=None", "--model.n_layer=2", "--model.n_head=2", "--model.n_embd=32",
        "--model.block_size=32", "--model.embd_pdrop=0.1", "--model.resid_pdrop=0.1",

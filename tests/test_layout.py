@@ -46,7 +46,8 @@ RULES = {
     "mingpt.data": BASE | {"mingpt.char"},
     "mingpt.pipeline": BASE | TRAINING - {"mingpt.runtime"} | {
         "mingpt.data", "mingpt.model", "mingpt.tokenizers", "mingpt.trainer"},
-    "mingpt.cli": BASE,  # (it imports the jobs by name, when one runs)
+    "mingpt.recipes": BASE,  # a table of overrides: data, no machinery
+    "mingpt.cli": BASE | {"mingpt.recipes"},  # (it imports the jobs by name, when one runs)
 }
 
 

@@ -1,11 +1,14 @@
-"""The Trainer: any (logits, loss) module, both kinds of dataset, the schedule, the run folder."""
+"""The Trainer: any (logits, loss) module, both kinds of dataset, the schedule, the run folder,
+stopping early (a target val loss, a time budget) and resuming only the model and optimizer it saved."""
 import json
+import os
+import signal
 
 import pytest
 import torch
 import torch.nn as nn
 
-from helpers import Bigram, pattern_stream, quick_config, tiny_gpt
+from helpers import Bigram, latest_iteration, pattern_stream, quick_config, rows_without_timing, tiny_gpt
 from mingpt.model import GPT
 from mingpt.trainer import Trainer
 
@@ -114,7 +117,7 @@ def test_stop_ends_training_after_the_current_iteration():
     trainer = Trainer(quick_config(max_iters=100), Bigram(7), pattern_stream())
     trainer.add_callback("on_batch_end", lambda t: t.stop() if t.iter_num == 4 else None)
     summary = trainer.run()
-    assert summary["iters"] == 5
+    assert summary["iters"] == 5 and summary["stop_reason"] == "stop()"
 
 
 def test_logged_values_join_the_metrics_row():
@@ -147,6 +150,8 @@ def test_divergence_names_the_iteration_and_keeps_the_last_good_checkpoint(tmp_p
     ("learning_rate", 0.0, "learning_rate=0.0 must be > 0"),
     ("grad_accum_steps", 0, "grad_accum_steps=0 must be >= 1"),
     ("dtype", "fp8", "trainer.dtype='fp8' must be one of 'auto', 'fp32', 'bf16', 'fp16'"),
+    ("max_seconds", 0, "trainer.max_seconds=0 must be > 0, or None"),
+    ("target_val_loss", "low", "trainer.target_val_loss='low' must be a number, or None"),
 ])
 def test_impossible_settings_are_refused(key, value, message):
     with pytest.raises(ValueError, match=message):
@@ -164,3 +169,120 @@ def test_compiled_training_matches_eager_and_reports_its_one_time_cost():
         losses[compile_model] = [row["loss"] for row in trainer.metrics]
         assert ("compile_s" in summary) == compile_model
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+# -- stopping early: a target val loss, a time budget (trainer.target_val_loss, trainer.max_seconds) ----
+def gpt_run(work_dir=None, resume=False, model=None, **overrides) -> Trainer:
+    """A tiny GPT (seeded alike every time) on the 7-token cycle, validated every 5 iterations, at a
+    constant learning rate: runs of different lengths train alike up to where they stop."""
+    torch.manual_seed(0)
+    model = model if model is not None else tiny_gpt(vocab_size=7)
+    config = quick_config(**{"eval_interval": 5, "lr_decay": False, **overrides})
+    return Trainer(config, model, pattern_stream(), pattern_stream(800), work_dir=work_dir, resume=resume)
+
+
+def test_a_target_val_loss_ends_the_run_at_the_first_evaluation_that_reaches_it(tmp_path):
+    gpt_run(tmp_path / "straight", max_iters=30).run()
+    straight = rows_without_timing(tmp_path / "straight")
+    evaluations = [(row["iter"], row["val_loss"]) for row in straight if "val_loss" in row]
+    target = evaluations[2][1]  # iteration 15's val loss: "at or below" reaches it there at the latest
+    first = next(it for it, val_loss in evaluations if val_loss <= target)
+
+    summary = gpt_run(tmp_path / "run", max_iters=1000, target_val_loss=target).run()
+    assert summary["stop_reason"] == "target_val_loss" and summary["iters"] == first
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert saved == summary
+    assert saved["target_val_loss"] == target and saved["target_reached"] and saved["target_iter"] == first
+    assert 0 < saved["target_s"] <= saved["run_s"]
+    assert saved["val_loss"] == min(val_loss for it, val_loss in evaluations if it <= first)  # the best
+    # trained exactly as the straight run up to there, and saved there
+    assert rows_without_timing(tmp_path / "run") == [row for row in straight if row["iter"] <= first]
+    assert latest_iteration(tmp_path / "run") == first
+
+
+def test_max_seconds_ends_the_run_early_with_a_final_evaluation_and_checkpoint(tmp_path):
+    trainer = Trainer(quick_config(max_iters=10**6, max_seconds=0.5, eval_interval=10**6), Bigram(7),
+                      pattern_stream(), pattern_stream(800), work_dir=tmp_path)
+    summary = trainer.run()
+    assert summary["stop_reason"] == "max_seconds" and 0 < summary["iters"] < 10**6
+    assert summary["run_s"] >= 0.5
+    last = trainer.metrics[-1]  # the normal end, as at max_iters: evaluated and saved
+    assert last["iter"] == summary["iters"] and "val_loss" in last
+    assert latest_iteration(tmp_path) == summary["iters"]
+    assert json.loads((tmp_path / "summary.json").read_text())["stop_reason"] == "max_seconds"
+
+
+def test_conditions_that_never_trigger_change_nothing_and_both_off_is_todays_run(tmp_path):
+    off = gpt_run(tmp_path / "off")
+    on = gpt_run(tmp_path / "on", target_val_loss=0.0, max_seconds=1e6)
+    off_summary, on_summary = off.run(), on.run()
+    assert rows_without_timing(tmp_path / "off") == rows_without_timing(tmp_path / "on")
+    for a, b in zip(off.model.parameters(), on.model.parameters()):
+        assert torch.equal(a, b)
+    assert off_summary["stop_reason"] == on_summary["stop_reason"] == "max_iters"
+    assert not {"target_val_loss", "target_reached", "target_iter", "target_s", "run_s"} & off_summary.keys()
+    assert on_summary["target_reached"] is False and on_summary["target_iter"] is None
+
+
+def test_seconds_go_on_across_a_resume_and_a_spent_budget_trains_no_further(tmp_path):
+    def run(max_seconds, resume=False):
+        config = quick_config(max_iters=10**6, max_seconds=max_seconds, eval_interval=10**6)
+        return Trainer(config, Bigram(7), pattern_stream(), pattern_stream(800), work_dir=tmp_path,
+                       resume=resume).run()
+
+    first = run(0.3)
+    again = run(0.3, resume=True)  # the budget is spent: like a run past its max_iters
+    assert again["iters"] == first["iters"] and again["stop_reason"] == "max_seconds"
+    longer = run(0.6, resume=True)
+    assert longer["iters"] > first["iters"] and longer["stop_reason"] == "max_seconds"
+    assert longer["run_s"] >= 0.6 and longer["run_s"] - longer["wall_s"] >= 0.3  # went on from the checkpoint
+
+
+def test_a_resumed_run_that_reached_its_target_trains_no_further_unless_the_target_is_lowered(tmp_path):
+    first = gpt_run(tmp_path, max_iters=1000, target_val_loss=1.5).run()
+    again = gpt_run(tmp_path, resume=True, max_iters=1000, target_val_loss=1.5).run()
+    assert again["iters"] == first["iters"] == again["target_iter"] and again["stop_reason"] == "target_val_loss"
+    assert again["target_s"] == first["target_s"]
+    lower = gpt_run(tmp_path, resume=True, max_iters=1000, target_val_loss=first["val_loss"] / 2).run()
+    assert lower["stop_reason"] == "target_val_loss" and lower["target_iter"] > first["iters"]
+    assert lower["target_s"] > first["target_s"]
+
+
+def test_a_target_without_validation_data_is_refused():
+    with pytest.raises(ValueError, match="trainer.target_val_loss=1.0 needs validation data"):
+        Trainer(quick_config(target_val_loss=1.0), Bigram(7), pattern_stream())
+
+
+def test_a_signal_ends_the_run_with_a_checkpoint_and_a_summary_that_says_interrupted(tmp_path):
+    trainer = Trainer(quick_config(max_iters=100), Bigram(7), pattern_stream(), work_dir=tmp_path)
+    trainer.add_callback("on_batch_end", lambda t: os.kill(os.getpid(), signal.SIGINT) if t.iter_num == 3 else None)
+    with pytest.raises(KeyboardInterrupt, match="after iteration 4; checkpoint saved"):
+        trainer.run()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["stop_reason"] == "interrupted" and summary["iters"] == 4 == latest_iteration(tmp_path)
+
+
+# -- resuming: the checkpoint's model and optimizer, or a refusal naming what differs ------------------------
+def test_resuming_with_another_model_or_optimizer_setting_is_refused_naming_the_key(tmp_path):
+    gpt_run(tmp_path, max_iters=5).run()
+    with pytest.raises(ValueError, match=r"cannot resume iter_0000005 with model.n_layer=3: it was trained "
+                                         r"with model.n_layer=2, and a run keeps its model"):
+        gpt_run(tmp_path, resume=True, model=tiny_gpt(vocab_size=7, n_layer=3), max_iters=10).run()
+    with pytest.raises(ValueError, match=r"cannot resume iter_0000005 with trainer.weight_decay=0.0 "
+                                         r"\(parameter group 0\): it was trained with 0.1"):
+        gpt_run(tmp_path, resume=True, max_iters=10, weight_decay=0.0).run()
+    assert latest_iteration(tmp_path) == 5  # nothing was trained or saved
+    # what does not change the model or the optimizer's state may change (with a warning)
+    summary = gpt_run(tmp_path, resume=True, model=tiny_gpt(vocab_size=7, dropout=0.1), max_iters=10,
+                      learning_rate=1e-3).run()
+    assert summary["iters"] == 10
+
+
+def test_resuming_with_another_kind_of_optimizer_is_refused(tmp_path):
+    class BigramSGD(Bigram):
+        def configure_optimizers(self, c):
+            return torch.optim.SGD(self.parameters(), lr=c.learning_rate)
+
+    Trainer(quick_config(max_iters=5), Bigram(7), pattern_stream(), work_dir=tmp_path).run()
+    with pytest.raises(ValueError, match="cannot resume iter_0000005 with the optimizer SGD: it was trained with AdamW"):
+        Trainer(quick_config(max_iters=10), BigramSGD(7), pattern_stream(), work_dir=tmp_path, resume=True).run()

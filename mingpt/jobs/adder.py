@@ -32,6 +32,7 @@ MISTAKES_SHOWN = 5  # wrong sums shown at each grading
 def get_config() -> CfgNode:
     C = CfgNode()
     C.system = CfgNode(seed=3407, work_dir="out/adder", resume=False, overwrite=False, checkpoint=None)
+    C.recipe = None  # set by --recipe=NAME (mingpt/recipes.py; --help lists them), recorded in config.json
     C.data = AdditionProblems.get_default_config()
     C.model = GPT.get_default_config()
     C.model.model_type = "gpt-nano"

@@ -31,6 +31,7 @@ def get_config() -> CfgNode:
     C = CfgNode()
     # checkpoint: which one to resume from ('latest', 'best', 'iter_N'; None: the newest intact)
     C.system = CfgNode(seed=3407, work_dir="out/chargpt", resume=False, overwrite=False, checkpoint=None)
+    C.recipe = None  # set by --recipe=NAME (mingpt/recipes.py; --help lists them), recorded in config.json
     C.data = CfgNode(input="", val_fraction=0.1)  # input: a file, 'shakespeare', or '' (built-in)
     C.model = GPT.get_default_config()
     C.model.model_type = "gpt-micro"  # 4 layers, 4 heads, 128 dims

@@ -1,0 +1,84 @@
+"""Recipes: named sets of config overrides, kept in one table, for `mingpt <job> --recipe=NAME`.
+
+A recipe is a combination of settings that belong together (an optimizer with its learning
+rates, a schedule, model parts) under one name, so that a run says `--recipe=NAME` instead of a
+dozen flags and the combination is written down once. A job's config is built in three layers:
+
+    the job's defaults  <  the recipe's overrides  <  the command line's own --section.key=value
+so `mingpt chargpt --recipe=gpt2 --trainer.max_iters=500` trains the gpt2 recipe for 500
+iterations. config.json records the recipe's name (its `recipe` key) and every resolved value.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mingpt.utils import CfgNode, ConfigError
+
+KEY = "recipe"  # the config key that records the recipe; a job whose config has it takes --recipe
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One line for --help, and the overrides as dotted keys: {"trainer.learning_rate": 6e-4}."""
+    about: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+RECIPES: dict[str, Recipe] = {
+    "gpt2": Recipe("GPT-2 as the jobs train it by default (AdamW, warmup and cosine decay): the "
+                   "baseline, by name"),
+    # The tuned recipes (speedrun, gpt2-124m) go here, each a Recipe of plain overrides; every key
+    # must exist in each job that is run with it, or that job refuses the recipe.
+}
+
+
+def get(name: str) -> Recipe:
+    """The recipe called name; an unknown name is refused with the list of known ones."""
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def apply(config: CfgNode, name: str, job: str = "this job") -> None:
+    """Apply recipe `name` to config (the job's defaults) and record its name in config.recipe.
+
+    Every key is checked before any is set, so a recipe that does not fit the job changes nothing:
+    a key the job's config lacks is refused naming the recipe and the key, a value of the wrong
+    type naming the recipe too. Apply it before the command line's overrides, so that they win.
+    """
+    recipe = get(name)
+    known = set(config.keys_flat())
+    if KEY not in known:
+        raise ConfigError(f"mingpt {job} takes no --recipe; the jobs that train do")
+    for key in recipe.overrides:
+        if key not in known or key == KEY:
+            raise ConfigError(f"recipe {name!r} sets {key}, a key mingpt {job} does not have; "
+                              f"use the recipe with a job that has it, or drop the key from the recipe")
+    try:
+        config.merge_from_dict(_nested(recipe.overrides))
+    except ConfigError as e:
+        raise ConfigError(f"recipe {name!r}: {e}") from None
+    setattr(config, KEY, name)
+
+
+def describe() -> str:
+    """The recipes, one line each, for --help."""
+    width = max(map(len, RECIPES), default=0)
+    lines = ["recipes (--recipe=NAME: applied to the defaults above, before the command line's overrides):"]
+    for name, recipe in RECIPES.items():
+        changes = ", ".join(f"{key}={value!r}" for key, value in recipe.overrides.items()) or "no overrides"
+        lines.append(f"  {name:{width}s}  {recipe.about} [{changes}]")
+    return "\n".join(lines)
+
+
+def _nested(overrides: dict[str, Any]) -> dict:
+    """{"trainer.lr": 1} -> {"trainer": {"lr": 1}}: the shape CfgNode.merge_from_dict takes."""
+    nested: dict = {}
+    for dotted, value in overrides.items():
+        *sections, leaf = dotted.split(".")
+        node = nested
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[leaf] = value
+    return nested
