@@ -53,20 +53,25 @@ class NoRotation(nn.Module):
 class Rotary(NoRotation):
     """Rotary position embeddings (RoPE, Su et al. 2021): each pair of a head's dimensions (i, i +
     head_dim/2) of a query or key at position p is rotated by the angle p * base^(-2i/head_dim), so
-    q . k depends on the positions only through their difference. Nothing is learned, and nothing
-    is cached: the angles are a few small ops per call, on whatever device the inputs are."""
+    q . k depends on the positions only through their difference. Nothing is learned; the cosines
+    and sines of the last call's positions are kept (plain attributes, not buffers: they follow the
+    inputs' device, and training asks for the same positions every step)."""
 
     def __init__(self, config: CfgNode) -> None:
         super().__init__(config)
         self.head_dim, self.base = config.n_embd // config.n_head, config.rope_base
+        self._angles: tuple = (None, None, None)  # (start, T, device, dtype), cos, sin
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """q (B, n_head, T, head_dim), k (B, n_kv_head, T, head_dim) at positions start .. start + T - 1."""
-        half = self.head_dim // 2
-        inv_freq = self.base ** -(torch.arange(half, device=q.device, dtype=torch.float32) / half)
-        pos = torch.arange(start, start + q.size(2), device=q.device, dtype=torch.float32)
-        angles = torch.outer(pos, inv_freq)  # (T, head_dim / 2)
-        cos, sin = angles.cos().to(q.dtype), angles.sin().to(q.dtype)
+        key = (start, q.size(2), q.device, q.dtype)
+        if self._angles[0] != key:
+            half = self.head_dim // 2
+            inv_freq = self.base ** -(torch.arange(half, device=q.device, dtype=torch.float32) / half)
+            pos = torch.arange(start, start + q.size(2), device=q.device, dtype=torch.float32)
+            angles = torch.outer(pos, inv_freq)  # (T, head_dim / 2)
+            self._angles = (key, angles.cos().to(q.dtype), angles.sin().to(q.dtype))
+        _, cos, sin = self._angles
         return self.rotate(q, cos, sin), self.rotate(k, cos, sin)
 
     @staticmethod

@@ -236,23 +236,41 @@ class Muon(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["momentum_buffer"] = torch.zeros_like(p.grad)
-                buf = state["momentum_buffer"]
-                buf.lerp_(p.grad, 1 - momentum)
-                update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
-                dtype = NS_DTYPES[group["ns_dtype"]] or (torch.bfloat16 if p.device.type == "cuda"
-                                                         else torch.float32)
-                update = self._orthogonalized(update, group["ns_steps"], dtype)
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
+                if not self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
+            grads = [p.grad for p in params]
+            buffers = [self.state[p]["momentum_buffer"] for p in params]
+            if not params:
+                continue
+            torch._foreach_lerp_(buffers, grads, 1 - momentum)
+            updates = torch._foreach_lerp(grads, buffers, momentum) if group["nesterov"] else buffers
+            dtype = NS_DTYPES[group["ns_dtype"]] or (torch.bfloat16 if params[0].device.type == "cuda"
+                                                     else torch.float32)
+            for p, update in zip(params, self._orthogonalized_all(updates, group["ns_steps"], dtype)):
                 if decay:
                     p.mul_(1 - lr * decay)
                 rows, cols = p.shape
                 p.add_(update, alpha=-lr * math.sqrt(max(1.0, rows / cols)))
         return loss
+
+    @classmethod
+    def _orthogonalized_all(cls, updates: list[torch.Tensor], steps: int, dtype: torch.dtype) -> list[torch.Tensor]:
+        """Every update orthogonalised; those of one shape together, as one batched iteration (a
+        GPT's blocks have four shapes: a few large products instead of many small ones)."""
+        out: list[torch.Tensor | None] = [None] * len(updates)
+        by_shape: dict[tuple, list[int]] = {}
+        for i, update in enumerate(updates):
+            if _is_dtensor(update):
+                out[i] = cls._orthogonalized(update, steps, dtype)
+            else:
+                by_shape.setdefault((tuple(update.shape), update.device), []).append(i)
+        for indices in by_shape.values():
+            stacked = orthogonalize(torch.stack([updates[i] for i in indices]), steps, dtype)
+            for i, result in zip(indices, stacked.unbind(0)):
+                out[i] = result
+        return out
 
     @staticmethod
     def _orthogonalized(update: torch.Tensor, steps: int, dtype: torch.dtype) -> torch.Tensor:

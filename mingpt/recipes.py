@@ -28,8 +28,23 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "gpt2": Recipe("GPT-2 as the jobs train it by default (AdamW, warmup and cosine decay): the "
                    "baseline, by name"),
-    # The tuned recipes (speedrun, gpt2-124m) go here, each a Recipe of plain overrides; every key
-    # must exist in each job that is run with it, or that job refuses the recipe.
+    # tuned on Tiny Shakespeare's characters with the chargpt model (4/4/128, block 64) on the
+    # 2-core CPU: its figures, and what each part adds, are in benchmarks/RESULTS.md (speedrun.py)
+    "speedrun": Recipe(
+        "the fastest recipe found to a char-level val loss on the CPU: RoPE, RMSNorm, QK-norm, ReLU^2, "
+        "no biases, untied and zero-initialised projections, soft-capped logits, Muon + AdamW, WSD, "
+        "230 iterations of batch 24, evaluated once at the end",
+        {
+            "model.position_encoding": "rope", "model.norm": "rmsnorm", "model.qk_norm": True,
+            "model.activation": "relu2", "model.bias": False, "model.tie_embeddings": False,
+            "model.zero_init_projections": True, "model.logit_softcap": 15.0,
+            "trainer.optimizer": "muon", "trainer.muon_ns_dtype": "bf16", "trainer.learning_rate": 3e-3,
+            "trainer.muon_momentum_warmup_iters": 100, "trainer.lr_decay": True,
+            "trainer.lr_schedule": "wsd", "trainer.warmup_iters": 50,
+            "trainer.batch_size": 24, "trainer.max_iters": 230, "trainer.eval_interval": 230,
+        }),
+    # (gpt2-124m, issue 15, goes here too; every key must exist in each job run with it, or that
+    # job refuses the recipe)
 }
 
 

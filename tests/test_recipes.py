@@ -4,6 +4,7 @@ applied to the job's defaults before the command line's own overrides, which win
 put into the table for one test."""
 import importlib
 import json
+import math
 
 import pytest
 
@@ -116,3 +117,18 @@ def test_the_run_folder_records_the_recipe_and_the_values_it_resolved_to(own_rec
     assert config["trainer"]["learning_rate"] == 5e-3  # the recipe's
     assert config["trainer"]["max_iters"] == 4 and config["model"]["n_embd"] == 16  # the command line's
     assert json.loads((work_dir / "summary.json").read_text())["iters"] == 4
+
+
+def test_the_speedrun_recipe_trains_its_model_end_to_end(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("to be or not to be, that is the question.\n" * 100)
+    work_dir = tmp_path / "run"
+    status = run_job("chargpt", [f"--data.input={corpus}", f"--system.work_dir={work_dir}", "--recipe=speedrun",
+                                 "--trainer.max_iters=6", "--trainer.eval_interval=6", "--trainer.eval_iters=2",
+                                 "--trainer.progress_bar=False", "--sample.max_new_tokens=5"])
+    assert status == 0, capsys.readouterr().err
+    config = json.loads((work_dir / "config.json").read_text())
+    assert config["model"]["position_encoding"] == "rope" and config["trainer"]["optimizer"] == "muon"
+    summary = json.loads((work_dir / "summary.json").read_text())
+    vocab = len(set(corpus.read_text()))
+    assert summary["iters"] == 6 and summary["val_loss"] < math.log(vocab)  # it learnt something
