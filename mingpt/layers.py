@@ -132,7 +132,7 @@ class LocalAttention(GlobalAttention):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if q.size(2) == 1:  # one new token: the cache's ring holds exactly the keys it may see
             assert k.size(2) <= self.window, "a local layer's KV cache must keep only its window"
-            return F.scaled_dot_product_attention(q, k, v, scale=self.scale, enable_gqa=self.grouped)
+            return super().forward(q, k, v)
         assert q.size(2) == k.size(2), "a prompt goes into an empty KV cache"
         if self.grouped:  # the band's kernels want one k, v head per q head
             k, v = (t.repeat_interleave(q.size(1) // k.size(1), dim=1) for t in (k, v))

@@ -237,13 +237,13 @@ class Muon(torch.optim.Optimizer):
         for group in self.param_groups:
             lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
             params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
             for p in params:
                 if not self.state[p]:
                     self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
             grads = [p.grad for p in params]
             buffers = [self.state[p]["momentum_buffer"] for p in params]
-            if not params:
-                continue
             torch._foreach_lerp_(buffers, grads, 1 - momentum)
             updates = torch._foreach_lerp(grads, buffers, momentum) if group["nesterov"] else buffers
             dtype = NS_DTYPES[group["ns_dtype"]] or (torch.bfloat16 if params[0].device.type == "cuda"

@@ -4,11 +4,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from helpers import MODEL_OPTIONS as OPTIONS  # every option at once, with a local layer
 from mingpt import layers
 from mingpt.model import GPT
-
-OPTIONS = dict(position_encoding="rope", norm="rmsnorm", qk_norm=True, activation="relu2", bias=False,
-               logit_softcap=15.0, n_kv_head=2)
 
 
 def gpt(block_size=24, seed=0, **options):
@@ -51,7 +49,7 @@ def test_rope_models_have_no_position_table_and_see_positions_through_attention(
 
 
 @pytest.mark.parametrize("options", [dict(position_encoding="rope"), dict(n_kv_head=1), dict(n_kv_head=2),
-                                     OPTIONS, {**OPTIONS, "attention_pattern": ("local", "global"), "window_size": 5}])
+                                     {**OPTIONS, "attention_pattern": ("global",)}, OPTIONS])
 def test_generation_with_the_kv_cache_equals_recomputation_with_options(options):
     model = gpt(**options)
     idx = tokens(7)

@@ -25,6 +25,64 @@ def with_transformer_prefix(key: str) -> str:
     return key if key.startswith("transformer.") or key == "lm_head.weight" else f"transformer.{key}"
 
 
+# GPT-2's and GPT-1's linear layers are Conv1D, whose weight is stored (in, out), nn.Linear's (out, in)
+CONV1D_SUFFIXES = (".c_attn.weight", ".c_proj.weight", ".c_fc.weight")  # in attn and mlp
+
+
+def from_conv1d(hf_state: dict[str, torch.Tensor], ignored: tuple[str, ...],
+                renames: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+    """A Conv1D family's tensors (GPT-2, GPT-1) under mingpt's names: buffers ending in `ignored`
+    dropped, the "transformer." prefix added where missing, name prefixes renamed (HF's -> ours),
+    Conv1D weights transposed."""
+    state = {}
+    for key, tensor in hf_state.items():
+        if key.endswith(ignored):
+            continue
+        name = with_transformer_prefix(key)
+        for theirs, ours in (renames or {}).items():
+            if name.startswith(theirs):
+                name = ours + name[len(theirs):]
+        conv1d = name.endswith(CONV1D_SUFFIXES) and tensor.dim() == 2  # else the shape check fails
+        state[name] = tensor.t() if conv1d else tensor
+    return state
+
+
+def to_conv1d(state: dict[str, torch.Tensor], renames: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+    """mingpt tensors under a Conv1D family's names (the inverse of from_conv1d)."""
+    out = {}
+    for name, tensor in state.items():
+        for theirs, ours in (renames or {}).items():
+            if name.startswith(ours):
+                name = theirs + name[len(ours):]
+        out[name] = (tensor.t() if name.endswith(CONV1D_SUFFIXES) else tensor).contiguous()
+    return out
+
+
+def sizes_from_hf(hf: dict[str, Any], vocab_size: int, block_size: int) -> dict[str, Any]:
+    """The model config values GPT-2's and GPT-1's config.json name alike (missing keys take the
+    defaults transformers uses; the vocabulary and context sizes are the family's own)."""
+    return dict(
+        model_type=None,
+        n_layer=hf.get("n_layer", 12),
+        n_head=hf.get("n_head", 12),
+        n_embd=hf.get("n_embd", 768),
+        vocab_size=hf.get("vocab_size", vocab_size),
+        block_size=hf.get("n_positions", block_size),
+        embd_pdrop=hf.get("embd_pdrop", 0.1),
+        resid_pdrop=hf.get("resid_pdrop", 0.1),
+        attn_pdrop=hf.get("attn_pdrop", 0.1),
+        tie_embeddings=hf.get("tie_word_embeddings", True),
+        attention_pattern=("global",),
+    )
+
+
+def global_only(config: Any, family: str) -> str | None:
+    """What a family with global attention only (GPT-2, GPT-1) cannot describe, else None."""
+    if set(config.attention_pattern) != {"global"}:
+        return f"attention_pattern={config.attention_pattern!r} has local layers, which {family} has not"
+    return None
+
+
 def finish_state(state: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], where: str,
                  tied: bool, family: str) -> dict[str, torch.Tensor]:
     """Tie (or keep) the head, check every name and shape against `expected` (mingpt's parameter
@@ -57,7 +115,7 @@ def finish_state(state: dict[str, torch.Tensor], expected: dict[str, tuple[int, 
     return {name: t.to(torch.float32).contiguous() for name, t in state.items()}
 
 
-def mismatch(config: Any, parts: dict[str, Any]) -> str | None:
+def differing_part(config: Any, parts: dict[str, Any]) -> str | None:
     """The first of `parts` (config key -> the family's value) on which config differs, worded
     'attention_scale=None, not 1.0'; None if the family has every one of them."""
     if config.n_kv_head != config.n_head:

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from mingpt.hf import common
-from mingpt.hf.common import GELU_TANH, refusal
+from mingpt.hf.common import GELU_TANH, from_conv1d, global_only, differing_part, refusal, \
+    sizes_from_hf, to_conv1d
 
 MODEL_TYPE = "gpt2"
 NAME = "GPT-2"
@@ -26,7 +26,6 @@ HUB_MODELS = {
 }
 TOKENIZER = "gpt2"  # mingpt's own GPT-2 BPE (bpe.py): nothing to fetch from the model's repository
 RUNS = "the original GPT-2 architecture"
-CONV1D_SUFFIXES = (".c_attn.weight", ".c_proj.weight", ".c_fc.weight")  # in attn and mlp
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # HF's causal-mask buffers, not weights
 # the model config's parts that GPT-2 has (and its attention is global in every layer)
 PARTS = {"norm": "layernorm", "norm_position": "pre", "position_encoding": "learned",
@@ -50,44 +49,22 @@ def config_from_hf(hf: dict[str, Any], where: str) -> dict[str, Any]:
         raise refusal(where, "attention scores are not scaled by 1/sqrt(head_dim) alone", RUNS)
     if hf.get("add_cross_attention", False):
         raise refusal(where, "add_cross_attention is true (an encoder-decoder model)", RUNS)
-    return dict(
-        model_type=None,
-        n_layer=hf.get("n_layer", 12),
-        n_head=hf.get("n_head", 12),
-        n_embd=n_embd,
-        vocab_size=hf.get("vocab_size", 50257),
-        block_size=hf.get("n_positions", hf.get("n_ctx", 1024)),
-        embd_pdrop=hf.get("embd_pdrop", 0.1),
-        resid_pdrop=hf.get("resid_pdrop", 0.1),
-        attn_pdrop=hf.get("attn_pdrop", 0.1),
-        tie_embeddings=hf.get("tie_word_embeddings", True),
-        attention_pattern=("global",),
-        **PARTS,
-    )
+    return {**sizes_from_hf(hf, vocab_size=50257, block_size=hf.get("n_ctx", 1024)), **PARTS}
 
 
 def to_mingpt(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """HF GPT-2 tensors under mingpt's names: the same names, Conv1D weights transposed."""
-    state = {}
-    for key, tensor in hf_state.items():
-        if key.endswith(IGNORED_SUFFIXES):
-            continue
-        name = common.with_transformer_prefix(key)
-        conv1d = name.endswith(CONV1D_SUFFIXES) and tensor.dim() == 2  # else the shape check fails
-        state[name] = tensor.t() if conv1d else tensor
-    return state
+    return from_conv1d(hf_state, IGNORED_SUFFIXES)
 
 
 def mismatch(config: Any) -> str | None:
     """The first part of a mingpt config that GPT-2 does not have, or None if GPT-2 describes it."""
-    if set(config.attention_pattern) != {"global"}:
-        return f"attention_pattern={config.attention_pattern!r} has local layers, which {NAME} has not"
-    return common.mismatch(config, PARTS)
+    return global_only(config, NAME) or differing_part(config, PARTS)
 
 
 def from_mingpt(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """mingpt tensors under HF GPT-2's names (the inverse of to_mingpt)."""
-    return {name: (t.t() if name.endswith(CONV1D_SUFFIXES) else t).contiguous() for name, t in state.items()}
+    return to_conv1d(state)
 
 
 def config_to_hf(config: Any, dtype: str) -> dict[str, Any]:

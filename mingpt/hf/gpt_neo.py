@@ -18,8 +18,7 @@ from typing import Any
 
 import torch
 
-from mingpt.hf import common
-from mingpt.hf.common import GELU_TANH, refusal
+from mingpt.hf.common import GELU_TANH, differing_part, refusal, with_transformer_prefix
 
 MODEL_TYPE = "gpt_neo"
 NAME = "GPT-Neo"
@@ -119,7 +118,7 @@ def to_mingpt(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for key, tensor in hf_state.items():
         if key.endswith(IGNORED_SUFFIXES):
             continue
-        name = common.with_transformer_prefix(key)
+        name = with_transformer_prefix(key)
         if ".attn.attention." in name:
             layer, part = name.split(".attention.", 1)  # "transformer.h.0.attn", "q_proj.weight"
             proj, _, what = part.partition(".")
@@ -139,7 +138,7 @@ def to_mingpt(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def mismatch(config: Any) -> str | None:
     """The first part of a mingpt config that GPT-Neo does not have, or None if GPT-Neo describes
     it (any pattern of global and local layers)."""
-    return common.mismatch(config, PARTS)
+    return differing_part(config, PARTS)
 
 
 def from_mingpt(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

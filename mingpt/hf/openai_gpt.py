@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from mingpt.hf import common
-from mingpt.hf.common import refusal
+from mingpt.hf.common import from_conv1d, global_only, differing_part, refusal, sizes_from_hf, \
+    to_conv1d
 
 MODEL_TYPE = "openai-gpt"
 NAME = "GPT-1 (openai-gpt)"
@@ -25,7 +25,6 @@ HUB_MODELS = {"openai-gpt": "openai-community/openai-gpt"}
 TOKENIZER = "openai-gpt"
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 RUNS = "the original GPT-1 architecture (afn='gelu')"
-CONV1D_SUFFIXES = (".c_attn.weight", ".c_proj.weight", ".c_fc.weight")
 IGNORED_SUFFIXES = (".attn.bias", "position_ids")  # buffers: the causal mask, 0 .. n_positions-1
 RENAMES = {"transformer.tokens_embed.": "transformer.wte.", "transformer.positions_embed.": "transformer.wpe."}
 # afn values of OpenAIGPTConfig -> mingpt's activation (relu and silu have no entry in layers.py)
@@ -43,53 +42,22 @@ def config_from_hf(hf: dict[str, Any], where: str) -> dict[str, Any]:
                              f"GELU, mingpt's gelu_tanh)", RUNS)
     if hf.get("layer_norm_epsilon", 1e-5) != 1e-5:
         raise refusal(where, f"layer_norm_epsilon is {hf['layer_norm_epsilon']}, not 1e-5", RUNS)
-    return dict(
-        model_type=None,
-        n_layer=hf.get("n_layer", 12),
-        n_head=hf.get("n_head", 12),
-        n_embd=hf.get("n_embd", 768),
-        vocab_size=hf.get("vocab_size", 40478),
-        block_size=hf.get("n_positions", 512),
-        embd_pdrop=hf.get("embd_pdrop", 0.1),
-        resid_pdrop=hf.get("resid_pdrop", 0.1),
-        attn_pdrop=hf.get("attn_pdrop", 0.1),
-        tie_embeddings=hf.get("tie_word_embeddings", True),
-        attention_pattern=("global",),
-        **{**PARTS, "activation": ACTIVATIONS[afn]},
-    )
+    return {**sizes_from_hf(hf, vocab_size=40478, block_size=512), **PARTS, "activation": ACTIVATIONS[afn]}
 
 
 def to_mingpt(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """HF GPT-1 tensors under mingpt's names: embeddings renamed, Conv1D weights transposed."""
-    state = {}
-    for key, tensor in hf_state.items():
-        if key.endswith(IGNORED_SUFFIXES):
-            continue
-        name = common.with_transformer_prefix(key)
-        for old, new in RENAMES.items():
-            if name.startswith(old):
-                name = new + name[len(old):]
-        conv1d = name.endswith(CONV1D_SUFFIXES) and tensor.dim() == 2  # else the shape check fails
-        state[name] = tensor.t() if conv1d else tensor
-    return state
+    return from_conv1d(hf_state, IGNORED_SUFFIXES, RENAMES)
 
 
 def mismatch(config: Any) -> str | None:
     """The first part of a mingpt config that GPT-1 does not have, or None if GPT-1 describes it."""
-    if set(config.attention_pattern) != {"global"}:
-        return f"attention_pattern={config.attention_pattern!r} has local layers, which GPT-1 has not"
-    return common.mismatch(config, PARTS)
+    return global_only(config, "GPT-1") or differing_part(config, PARTS)
 
 
 def from_mingpt(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """mingpt tensors under HF GPT-1's names (the inverse of to_mingpt)."""
-    out = {}
-    for name, tensor in state.items():
-        for hf_prefix, ours in RENAMES.items():
-            if name.startswith(ours):
-                name = hf_prefix + name[len(ours):]
-        out[name] = (tensor.t() if name.endswith(CONV1D_SUFFIXES) else tensor).contiguous()
-    return out
+    return to_conv1d(state, RENAMES)
 
 
 def config_to_hf(config: Any, dtype: str) -> dict[str, Any]:
