@@ -8,8 +8,10 @@ evaluation over the whole validation split, checkpoints, the final sample):
         --trainer.target_val_loss=1.88 --trainer.eval_iters=None
 1. --recipe=speedrun for each seed, and --recipe=gpt2 (the GPT-2 recipe) for the baseline seeds:
    seconds to the target (the run stops at the first evaluation at or below it), median and spread.
-2. Ablation, one seed: the speedrun with one of its parts put back to GPT-2's (leave one out), at
-   the same number of iterations: its val loss and seconds, beside the whole recipe's.
+2. Leave one out (--ablation=out), one seed: the speedrun with one of its parts put back to
+   GPT-2's, at the same number of iterations: its val loss and seconds, beside the whole recipe's.
+3. Each part alone (--ablation=alone), one seed: the GPT-2 recipe with only that part of the
+   speedrun's, evaluated every ALONE_EVAL_INTERVAL iterations: iterations and seconds to the target.
 Runs go one after another (two cores: never two at once).
 """
 from __future__ import annotations
@@ -25,22 +27,44 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from mingpt import recipes  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 TARGET = 1.88
-# each part of the speedrun recipe, and GPT-2's value that leaving it out puts back
+# the speedrun recipe's parts, each as the keys it sets (their values are the recipe's); leaving a
+# part out puts back the GPT-2 values given here, chargpt's defaults
 PARTS = {
-    "RoPE": ["--model.position_encoding=learned"],
-    "RMSNorm": ["--model.norm=layernorm"],
-    "QK-norm": ["--model.qk_norm=False"],
-    "ReLU^2": ["--model.activation=gelu_tanh"],
-    "no biases": ["--model.bias=True"],
-    "untied head": ["--model.tie_embeddings=True"],
-    "zero-init projections": ["--model.zero_init_projections=False"],
-    "logit soft-cap": ["--model.logit_softcap=None"],
-    "Muon": ["--trainer.optimizer=adamw"],
-    "WSD": ["--trainer.lr_schedule=cosine"],
+    "3 layers (of 4)": {"model.model_type": "gpt-micro", "model.n_layer": None, "model.n_head": None,
+                        "model.n_embd": None},
+    "RoPE": {"model.position_encoding": "learned"},
+    "RMSNorm": {"model.norm": "layernorm"},
+    "QK-norm": {"model.qk_norm": False},
+    "ReLU^2": {"model.activation": "gelu_tanh"},
+    "no biases": {"model.bias": True},
+    "untied head": {"model.tie_embeddings": True},
+    "zero-init projections": {"model.zero_init_projections": False},
+    "logit soft-cap": {"model.logit_softcap": None},
+    "Muon": {"trainer.optimizer": "adamw", "trainer.muon_ns_dtype": "auto",
+             "trainer.muon_momentum_warmup_iters": 300},
+    "WSD": {"trainer.lr_schedule": "cosine", "trainer.cooldown_fraction": 0.2},
 }
+ALONE_EVAL_INTERVAL = 100  # the GPT-2 recipe evaluates every 250: too coarse to tell the parts apart
 
+
+def flags(settings: dict) -> list[str]:
+    return [f"--{key}={value}" for key, value in settings.items()]
+
+
+def left_out(part: str) -> list[str]:
+    """The speedrun with `part` put back to GPT-2's."""
+    return flags(PARTS[part])
+
+
+def alone(part: str) -> list[str]:
+    """The GPT-2 recipe with only `part` of the speedrun's, evaluated every ALONE_EVAL_INTERVAL."""
+    recipe = recipes.RECIPES["speedrun"].overrides
+    return flags({key: recipe[key] for key in PARTS[part]}) + [f"--trainer.eval_interval={ALONE_EVAL_INTERVAL}"]
 
 def run(recipe: str, seed: int, extra: list[str], work_dir: Path) -> dict:
     command = [sys.executable, "-m", "mingpt", "chargpt", f"--data.input={DATA}", f"--recipe={recipe}",
@@ -62,7 +86,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="3407,1,2")
     parser.add_argument("--baseline-seeds", default="3407", help="seeds of the GPT-2 recipe (2 minutes each)")
-    parser.add_argument("--ablation", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--ablation", default="out,alone",
+                        help="out (leave one out), alone (each part alone on the GPT-2 recipe), both, or none")
     parser.add_argument("--out", default=str(Path(__file__).parent / "speedrun.json"))
     args = parser.parse_args()
     if not DATA.exists():
@@ -71,7 +96,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         def go(recipe, seed, extra=(), name=""):
             row = run(recipe, seed, list(extra), Path(tmp) / f"{recipe}_{seed}_{len(rows)}")
-            row["part_left_out"] = name
+            row["ablation"] = name
             rows.append(row)
             print(f"{recipe:9s} seed {seed:5d} {name or '':24s} val {row['val_loss']:.4f} "
                   f"{'reached' if row['reached'] else 'missed '} at iter {row['target_iter']}, "
@@ -80,16 +105,21 @@ def main() -> None:
             go("speedrun", seed)
         for seed in map(int, args.baseline_seeds.split(",")):
             go("gpt2", seed)
-        if args.ablation:
-            first = int(args.seeds.split(",")[0])
-            for name, extra in PARTS.items():
-                go("speedrun", first, extra, name)
-    speed = [r["wall_s"] for r in rows if r["recipe"] == "speedrun" and not r["part_left_out"]]
-    base = [r["wall_s"] for r in rows if r["recipe"] == "gpt2"]
+        ablations = {"both": {"out", "alone"}, "none": set()}.get(args.ablation, set(args.ablation.split(",")))
+        first = int(args.seeds.split(",")[0])
+        if "out" in ablations:
+            for part in PARTS:
+                go("speedrun", first, left_out(part), f"without {part}")
+        if "alone" in ablations:
+            go("gpt2", first, [f"--trainer.eval_interval={ALONE_EVAL_INTERVAL}"], "GPT-2, evaluated often")
+            for part in PARTS:
+                go("gpt2", first, alone(part), f"with {part}")
+    speed = [r["wall_s"] for r in rows if r["recipe"] == "speedrun" and not r["ablation"]]
+    base = [r["wall_s"] for r in rows if r["recipe"] == "gpt2" and not r["ablation"]]
     result = {"cpu": platform.processor() or platform.machine(), "target": TARGET, "rows": rows,
               "speedrun_median_s": statistics.median(speed), "speedrun_spread_s": [min(speed), max(speed)],
               "gpt2_median_s": statistics.median(base),
-              "speedrun_reached_all": all(r["reached"] for r in rows if r["recipe"] == "speedrun" and not r["part_left_out"])}
+              "speedrun_reached_all": all(r["reached"] for r in rows if r["recipe"] == "speedrun" and not r["ablation"])}
     result["ratio"] = result["gpt2_median_s"] / result["speedrun_median_s"]
     print(f"\nwhole command to val <= {TARGET}: speedrun median {result['speedrun_median_s']:.1f} s "
           f"({min(speed):.1f}..{max(speed):.1f}, {len(speed)} seeds), GPT-2 recipe {result['gpt2_median_s']:.1f} s: "

@@ -20,11 +20,11 @@ from mingpt.utils import CfgNode
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "wsd")
 COOLDOWN_SHAPES = ("linear", "1-sqrt")
-NS_DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}
+NS_DTYPES = {"auto": None, "fast": None, "fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 # -- schedules ---------------------------------------------------------------------------------------
-def lr_at(it: int, c: CfgNode) -> float:
+def lr_at(it: int, c: CfgNode, time_fraction: float | None = None) -> float:
     """Learning rate of iteration `it`: linear warmup over c.warmup_iters, then constant, or with
     c.lr_decay a decay to the floor c.min_lr_ratio x c.learning_rate, reached at c.max_iters:
         "cosine"  half a cosine from the end of the warmup to max_iters
@@ -33,15 +33,26 @@ def lr_at(it: int, c: CfgNode) -> float:
                   the rate does not depend on max_iters, so a run can be extended; "1-sqrt"
                   falls fast at first, then slowly (Hagele et al. 2024 found it ends lower)
     Example, wsd with max_iters=100, cooldown_fraction=0.2: the full rate up to iteration 80; at
-    90 the rate has come halfway down to the floor (linear), or 1 - sqrt(0.5) = 71% (1-sqrt)."""
+    90 the rate has come halfway down to the floor (linear), or 1 - sqrt(0.5) = 71% (1-sqrt).
+
+    time_fraction (the share of a time budget, c.max_seconds, already used) moves a WSD cooldown
+    too: it runs over the last cooldown_fraction of the iterations or of the time, whichever is
+    further along, so a run stopped by its budget has cooled down by then on any machine (and
+    max_iters may be None). The iterations' schedule is then no longer a function of `it` alone."""
     if it < c.warmup_iters:
         return c.learning_rate * (it + 1) / c.warmup_iters
-    if not c.lr_decay or c.max_iters is None:
+    timed = c.lr_schedule == "wsd" and time_fraction is not None
+    if not c.lr_decay or (c.max_iters is None and not timed):
         return c.learning_rate
     min_lr = c.learning_rate * c.min_lr_ratio
     if c.lr_schedule == "wsd":
-        start = max(c.warmup_iters, c.max_iters - round(c.cooldown_fraction * c.max_iters))
-        progress = min(1.0, max(0, it - start) / max(1, c.max_iters - start))
+        progress = 0.0
+        if c.max_iters is not None:
+            start = max(c.warmup_iters, c.max_iters - round(c.cooldown_fraction * c.max_iters))
+            progress = min(1.0, max(0, it - start) / max(1, c.max_iters - start))
+        if timed:
+            into = time_fraction - (1 - c.cooldown_fraction)  # (of the budget, since the cooldown began)
+            progress = max(progress, min(1.0, max(0.0, into) / max(c.cooldown_fraction, 1e-9)))
         left = 1.0 - (progress if c.cooldown_shape == "linear" else math.sqrt(progress))
         return min_lr + left * (c.learning_rate - min_lr)
     progress = min(1.0, (it - c.warmup_iters) / max(1, c.max_iters - c.warmup_iters))
@@ -159,6 +170,16 @@ def build_muon(model: nn.Module, c: CfgNode) -> "OptimizerSet":
     return OptimizerSet(members)
 
 
+def ns_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The dtype that Muon's ns_dtype setting `name` means on `device` (see Muon)."""
+    if NS_DTYPES[name] is not None:
+        return NS_DTYPES[name]
+    if device.type == "cuda":
+        return torch.bfloat16
+    native = [getattr(torch.cpu, f"_is_{isa}_supported", lambda: False)() for isa in ("avx512_bf16", "amx_tile")]
+    return torch.bfloat16 if name == "fast" and device.type == "cpu" and any(native) else torch.float32
+
+
 # -- Muon ------------------------------------------------------------------------------------------
 # The quintic Newton-Schulz iteration of Keller Jordan's Muon: X <- aX + b(XX^T)X + c(XX^T)^2 X maps
 # each singular value s to a s + b s^3 + c s^5. These coefficients are not the ones that converge
@@ -203,8 +224,9 @@ class Muon(torch.optim.Optimizer):
     per entry as square ones'. (The buffer is an average, not a sum, so that changing momentum
     while it warms up does not change its scale; orthogonalize normalises either way.)
 
-    ns_dtype: the Newton-Schulz iteration's dtype, "fp32", "bf16", or "auto" (bf16 on CUDA, fp32
-    elsewhere: the same result on every CPU; "bf16" may be faster on one with bf16 instructions).
+    ns_dtype: the Newton-Schulz iteration's dtype, "fp32", "bf16", "auto" (bf16 on CUDA, fp32
+    elsewhere: the same result on every CPU) or "fast" (bf16 also on a CPU that multiplies bf16
+    natively, with AVX-512 BF16 or AMX, where it is faster; fp32 on the others, where bf16 is slow).
     (torch.optim.Muon always iterates in bf16.) The trainer sets lr and momentum every iteration
     (apply_schedule).
 
@@ -246,8 +268,7 @@ class Muon(torch.optim.Optimizer):
             buffers = [self.state[p]["momentum_buffer"] for p in params]
             torch._foreach_lerp_(buffers, grads, 1 - momentum)
             updates = torch._foreach_lerp(grads, buffers, momentum) if group["nesterov"] else buffers
-            dtype = NS_DTYPES[group["ns_dtype"]] or (torch.bfloat16 if params[0].device.type == "cuda"
-                                                     else torch.float32)
+            dtype = ns_dtype(group["ns_dtype"], params[0].device)
             for p, update in zip(params, self._orthogonalized_all(updates, group["ns_steps"], dtype)):
                 if decay:
                     p.mul_(1 - lr * decay)

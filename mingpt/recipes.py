@@ -25,24 +25,35 @@ class Recipe:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
+# the modern parts the speedrun recipes share: each is a config option of its own (model.py, optim.py)
+MODERN_PARTS = {
+    "model.position_encoding": "rope", "model.norm": "rmsnorm", "model.qk_norm": True,
+    "model.activation": "relu2", "model.bias": False, "model.tie_embeddings": False,
+    "model.zero_init_projections": True, "model.logit_softcap": 15.0,
+    "trainer.optimizer": "muon", "trainer.muon_ns_dtype": "fast", "trainer.learning_rate": 3e-3,
+    "trainer.muon_momentum_warmup_iters": 100, "trainer.lr_decay": True,
+    "trainer.lr_schedule": "wsd", "trainer.cooldown_fraction": 0.4,
+}
+
 RECIPES: dict[str, Recipe] = {
     "gpt2": Recipe("GPT-2 as the jobs train it by default (AdamW, warmup and cosine decay): the "
                    "baseline, by name"),
-    # tuned on Tiny Shakespeare's characters with the chargpt model (4/4/128, block 64) on the
-    # 2-core CPU: its figures, and what each part adds, are in benchmarks/RESULTS.md (speedrun.py)
+    # tuned on Tiny Shakespeare's characters with the chargpt job on the 2-core CPU: the figures,
+    # and what each part adds, are in benchmarks/RESULTS.md (benchmarks/speedrun.py)
     "speedrun": Recipe(
-        "the fastest recipe found to a char-level val loss on the CPU: RoPE, RMSNorm, QK-norm, ReLU^2, "
-        "no biases, untied and zero-initialised projections, soft-capped logits, Muon + AdamW, WSD, "
-        "230 iterations of batch 24, evaluated once at the end",
-        {
-            "model.position_encoding": "rope", "model.norm": "rmsnorm", "model.qk_norm": True,
-            "model.activation": "relu2", "model.bias": False, "model.tie_embeddings": False,
-            "model.zero_init_projections": True, "model.logit_softcap": 15.0,
-            "trainer.optimizer": "muon", "trainer.muon_ns_dtype": "bf16", "trainer.learning_rate": 3e-3,
-            "trainer.muon_momentum_warmup_iters": 100, "trainer.lr_decay": True,
-            "trainer.lr_schedule": "wsd", "trainer.warmup_iters": 50,
-            "trainer.batch_size": 24, "trainer.max_iters": 230, "trainer.eval_interval": 230,
-        }),
+        "the fastest recipe found to a char-level val loss on the CPU: 3 layers of 128, RoPE, RMSNorm, "
+        "QK-norm, ReLU^2, no biases, untied and zero-initialised projections, soft-capped logits, "
+        "Muon + AdamW, WSD with a long cooldown, 240 iterations of batch 24, evaluated once at the end",
+        {"model.model_type": None, "model.n_layer": 3, "model.n_head": 4, "model.n_embd": 128,
+         **MODERN_PARTS, "trainer.warmup_iters": 20,
+         "trainer.batch_size": 24, "trainer.max_iters": 240, "trainer.eval_interval": 240}),
+    "five-minutes": Recipe(
+        "the lowest char-level val loss found in five minutes on the CPU: the speedrun's parts on 4 "
+        "layers of 192 with 128 characters of context, trained for max_seconds=300 (the WSD cooldown "
+        "is timed to end with it)",
+        {"model.model_type": None, "model.n_layer": 4, "model.n_head": 4, "model.n_embd": 192,
+         "model.block_size": 128, **MODERN_PARTS, "trainer.warmup_iters": 50, "trainer.batch_size": 24,
+         "trainer.max_iters": None, "trainer.max_seconds": 300, "trainer.eval_interval": 1000}),
     # (gpt2-124m, issue 15, goes here too; every key must exist in each job run with it, or that
     # job refuses the recipe)
 }

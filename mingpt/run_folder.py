@@ -120,11 +120,12 @@ class RunFolder:
 
     def plot(self, rows: list[dict]) -> None:
         """Draw loss.png: training and validation loss against iteration."""
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        # a Figure of its own, drawn by the Agg canvas: no pyplot, so no global figure state and no
+        # GUI backend to import
+        from matplotlib.figure import Figure
 
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig = Figure(figsize=(7, 4))
+        ax = fig.subplots()
         train = [(r["iter"], r["loss"]) for r in rows if "loss" in r]
         val = [(r["iter"], r["val_loss"]) for r in rows if "val_loss" in r]
         if train:
@@ -138,7 +139,6 @@ class RunFolder:
         fig.tight_layout()
         with atomic_path(self.path / self.PLOT) as tmp:
             fig.savefig(tmp, dpi=100, format="png")
-        plt.close(fig)
 
     def save_tokenizer(self, tokenizer: Any) -> None:
         """Keep the run's tokenizer (anything with save(folder)), for sampling later."""

@@ -45,7 +45,8 @@ class Trainer:
             # end the run early (None: off): at the first evaluation whose val loss is <= target_val_loss,
             # or at the iteration by which the run has taken max_seconds (evaluations included; a
             # resumed run's seconds go on from its checkpoint). Either ends as max_iters does:
-            # evaluated and saved. summary.json says which ended it (stop_reason)
+            # evaluated and saved. summary.json says which ended it (stop_reason). A wsd cooldown
+            # also ends by max_seconds (max_iters may then be None; optim.lr_at)
             target_val_loss=None,
             max_seconds=None,
             batch_size=64,  # examples per micro-batch, in each process
@@ -73,7 +74,8 @@ class Trainer:
             muon_momentum_start=0.85,
             muon_momentum_warmup_iters=300,
             muon_weight_decay=0.0,  # muon: decoupled weight decay of the matrices
-            muon_ns_dtype="auto",  # muon: Newton-Schulz in 'fp32', 'bf16', or 'auto' (bf16 on CUDA only)
+            muon_ns_dtype="auto",  # muon: Newton-Schulz in 'fp32', 'bf16', 'auto' (bf16 on CUDA only) or
+            # 'fast' (bf16 on CUDA and on CPUs with native bf16: AVX-512 BF16, AMX)
             eval_interval=250,  # iterations between validation evaluations (and checkpoints)
             eval_iters=50,  # batches per evaluation (None: the whole validation set)
             log_interval=10,  # iterations between rows of metrics.jsonl
@@ -132,6 +134,7 @@ class Trainer:
         self.stop_reason: str | None = None  # why run() ended (summary.json's stop_reason; _agree_to_stop)
         self._seconds_before = 0.0  # a resumed run's seconds up to its checkpoint
         self._clock_origin = 0.0  # the time.time() at which the run's clock (max_seconds, target_s) read 0
+        self._time_fraction: float | None = None  # with max_seconds: the share used, agreed by the ranks
 
     @property
     def work_dir(self) -> Path | None:
@@ -163,8 +166,9 @@ class Trainer:
         self._stop_requested = True
 
     def lr_at(self, it: int) -> float:
-        """Learning rate of iteration `it` (optim.lr_at)."""
-        return optim.lr_at(it, self.config)
+        """Learning rate of iteration `it` (optim.lr_at; with max_seconds, a WSD cooldown also
+        follows the share of the time budget used so far)."""
+        return optim.lr_at(it, self.config, self._time_fraction)
 
     def autocast(self) -> AbstractContextManager:
         """Mixed precision around a forward pass (a no-op context for fp32)."""
@@ -334,6 +338,8 @@ class Trainer:
         further."""
         c = self.config
         self._clock_origin = run_start - self._seconds_before
+        if c.max_seconds is not None:
+            self._time_fraction = self._seconds_before / c.max_seconds
         if c.target_val_loss is not None and self.summary.get("target_val_loss") != c.target_val_loss:
             self.summary.update(target_val_loss=c.target_val_loss, target_reached=False, target_iter=None,
                                 target_s=None)
@@ -345,12 +351,15 @@ class Trainer:
 
     def _out_of_time(self, now: float) -> bool:
         """Whether the run has taken its max_seconds, on any rank: the ranks' clocks differ a little,
-        and all must evaluate, save and stop at the same iteration. One small collective per
+        and all must evaluate, save and stop at the same iteration (and follow the same schedule:
+        the share of the budget used, for lr_at, is the slowest rank's). One small collective per
         iteration (on the CPU), and only when max_seconds is set."""
         c = self.config
         if c.max_seconds is None:
             return False
-        out = bool(distributed.max_over_ranks(now - self._clock_origin >= c.max_seconds)[0])
+        elapsed_ms = distributed.max_over_ranks(int(1000 * (now - self._clock_origin)))[0]
+        self._time_fraction = elapsed_ms / (1000 * c.max_seconds)
+        out = elapsed_ms >= 1000 * c.max_seconds
         if out and self.is_main:
             log.info(f"the run has taken its max_seconds={c.max_seconds}: evaluating, saving and stopping")
         return out

@@ -95,7 +95,7 @@ def test_muon_refuses_what_is_not_a_matrix_and_a_momentum_outside_0_1():
         Muon([nn.Parameter(torch.zeros(8))])
     with pytest.raises(ValueError, match="momentum=1.0 must be in"):
         Muon([nn.Parameter(torch.zeros(2, 2))], momentum=1.0)
-    with pytest.raises(ValueError, match="ns_dtype='fp8' must be one of 'auto', 'fp32', 'bf16'"):
+    with pytest.raises(ValueError, match="ns_dtype='fp8' must be one of 'auto', 'fast', 'fp32', 'bf16'"):
         Muon([nn.Parameter(torch.zeros(2, 2))], ns_dtype="fp8")
 
 
@@ -287,3 +287,15 @@ def two_process_runs(out: Path) -> None:
 
 if __name__ == "__main__":
     two_process_runs(Path(sys.argv[1]))
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(False, False, torch.float32), (True, False, torch.bfloat16),
+                                                        (False, True, torch.bfloat16)])
+def test_fast_newton_schulz_is_bf16_only_on_cpus_that_multiply_bf16_natively(monkeypatch, avx512_bf16, amx, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    cpu = torch.device("cpu")
+    assert optim.ns_dtype("fast", cpu) == expected
+    assert optim.ns_dtype("auto", cpu) == torch.float32  # the same result on every CPU
+    assert optim.ns_dtype("auto", torch.device("cuda")) == optim.ns_dtype("fast", torch.device("cuda")) == torch.bfloat16
+    assert optim.ns_dtype("fp32", torch.device("cuda")) == torch.float32 and optim.ns_dtype("bf16", cpu) == torch.bfloat16

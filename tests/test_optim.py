@@ -72,7 +72,7 @@ def test_two_optimizers_train_checkpoint_and_resume_exactly(tmp_path):
 
 # -- schedules ---------------------------------------------------------------------------------------
 def schedule(**overrides):
-    return quick_config(max_iters=100, warmup_iters=10, learning_rate=1.0, min_lr_ratio=0.1, **overrides)
+    return quick_config(**{**dict(max_iters=100, warmup_iters=10, learning_rate=1.0, min_lr_ratio=0.1), **overrides})
 
 
 @pytest.mark.parametrize("shape, at_90", [("linear", 0.55), ("1-sqrt", 0.1 + 0.9 * (1 - 0.5 ** 0.5))])
@@ -95,6 +95,20 @@ def test_wsd_without_lr_decay_is_constant_after_warmup_as_in_mingpt():
 def test_a_cooldown_longer_than_the_run_after_warmup_starts_when_the_warmup_ends():
     c = schedule(lr_schedule="wsd", cooldown_fraction=1.0)
     assert optim.lr_at(10, c) == 1.0 and optim.lr_at(55, c) == pytest.approx(0.55)
+
+
+def test_a_time_budget_moves_the_wsd_cooldown_to_whichever_comes_first():
+    c = schedule(lr_schedule="wsd", cooldown_fraction=0.2)  # iterations 80..100, or 80%..100% of the time
+    assert optim.lr_at(50, c, time_fraction=0.5) == 1.0  # neither has begun its cooldown
+    assert optim.lr_at(50, c, time_fraction=0.9) == pytest.approx(0.55)  # halfway through the time's
+    assert optim.lr_at(90, c, time_fraction=0.1) == pytest.approx(0.55)  # halfway through the iterations'
+    assert optim.lr_at(95, c, time_fraction=0.9) == pytest.approx(0.325)  # the further along wins
+    assert optim.lr_at(50, c, time_fraction=1.5) == pytest.approx(0.1)  # over budget: the floor
+    no_limit = schedule(lr_schedule="wsd", cooldown_fraction=0.2, max_iters=None)
+    assert optim.lr_at(5000, no_limit) == 1.0  # no budget of either kind: constant
+    assert optim.lr_at(5000, no_limit, time_fraction=0.9) == pytest.approx(0.55)
+    cosine = schedule(lr_schedule="cosine")
+    assert optim.lr_at(50, cosine, time_fraction=0.99) == optim.lr_at(50, cosine)  # only wsd follows the clock
 
 
 def test_muon_momentum_warms_up_linearly_then_holds():

@@ -132,3 +132,23 @@ def test_the_speedrun_recipe_trains_its_model_end_to_end(tmp_path, capsys):
     summary = json.loads((work_dir / "summary.json").read_text())
     vocab = len(set(corpus.read_text()))
     assert summary["iters"] == 6 and summary["val_loss"] < math.log(vocab)  # it learnt something
+
+
+def test_the_five_minutes_recipe_trains_until_its_time_budget(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("to be or not to be, that is the question.\n" * 100)
+    work_dir = tmp_path / "run"
+    status = run_job("chargpt", [f"--data.input={corpus}", f"--system.work_dir={work_dir}", "--recipe=five-minutes",
+                                 "--trainer.max_seconds=3", "--trainer.warmup_iters=0", "--model.n_embd=32",
+                                 "--model.block_size=16",
+                                 "--trainer.eval_iters=2", "--trainer.log_interval=1",
+                                 "--trainer.progress_bar=False", "--sample.max_new_tokens=5"])
+    assert status == 0, capsys.readouterr().err
+    config = json.loads((work_dir / "config.json").read_text())
+    assert config["trainer"]["max_iters"] is None and config["model"]["n_layer"] == 4
+    summary = json.loads((work_dir / "summary.json").read_text())
+    assert summary["stop_reason"] == "max_seconds" and summary["run_s"] >= 3
+    rows = [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
+    lrs = [row["lr"] for row in rows]
+    assert lrs[0] == config["trainer"]["learning_rate"]  # (no warmup here)
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # the cooldown follows the clock: test_trainer.py

@@ -212,6 +212,17 @@ def test_max_seconds_ends_the_run_early_with_a_final_evaluation_and_checkpoint(t
     assert json.loads((tmp_path / "summary.json").read_text())["stop_reason"] == "max_seconds"
 
 
+def test_a_time_budget_cools_a_wsd_run_down_without_an_iteration_limit(tmp_path):
+    config = quick_config(max_iters=None, max_seconds=2.0, eval_interval=10**6, log_interval=1, learning_rate=0.1,
+                          lr_decay=True, lr_schedule="wsd", cooldown_fraction=0.5, min_lr_ratio=0.1)
+    trainer = Trainer(config, Bigram(7), pattern_stream(), pattern_stream(800), work_dir=tmp_path)
+    summary = trainer.run()
+    lrs = [row["lr"] for row in trainer.metrics]
+    assert summary["stop_reason"] == "max_seconds" and lrs[0] == 0.1  # no warmup: the peak at once
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # stable, then down as the clock runs
+    assert lrs[-1] < 0.06  # well into the cooldown by the end (halfway: 0.055), unless a step takes 0.4 s
+
+
 def test_conditions_that_never_trigger_change_nothing_and_both_off_is_todays_run(tmp_path):
     off = gpt_run(tmp_path / "off")
     on = gpt_run(tmp_path / "on", target_val_loss=0.0, max_seconds=1e6)
