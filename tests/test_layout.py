@@ -44,8 +44,9 @@ RULES = {
     "mingpt.char": BASE,
     "mingpt.tokenizers": BASE | {"mingpt.bpe", "mingpt.char", "mingpt.hf"},  # hf: a pretrained model's tokenizer
     "mingpt.data": BASE | {"mingpt.char"},
+    "mingpt.shards": BASE,  # a Hugging Face dataset -> token shards; handed its tokenizer
     "mingpt.pipeline": BASE | TRAINING - {"mingpt.runtime"} | {
-        "mingpt.data", "mingpt.model", "mingpt.tokenizers", "mingpt.trainer"},
+        "mingpt.data", "mingpt.model", "mingpt.shards", "mingpt.tokenizers", "mingpt.trainer"},
     "mingpt.recipes": BASE,  # a table of overrides: data, no machinery
     "mingpt.cli": BASE | {"mingpt.recipes"},  # (it imports the jobs by name, when one runs)
 }
