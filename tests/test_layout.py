@@ -10,7 +10,7 @@ from helpers import PROJECT_ROOT
 PACKAGE = PROJECT_ROOT / "mingpt"
 BASE = {"mingpt.utils"}  # what everything may use
 TRAINING = {"mingpt.checkpoint", "mingpt.distributed", "mingpt.evaluate", "mingpt.kernels", "mingpt.optim",
-            "mingpt.parallel", "mingpt.run_folder", "mingpt.runtime"}
+            "mingpt.parallel", "mingpt.run_folder", "mingpt.runtime", "mingpt.tracking"}
 # module -> the mingpt modules it may import (jobs: anything but other jobs; see RULES_FOR)
 RULES = {
     "mingpt": {"mingpt.model", "mingpt.trainer", "mingpt.utils"},
@@ -33,6 +33,7 @@ RULES = {
     "mingpt.hf.openai_gpt": BASE | {"mingpt.hf.common"},
     "mingpt.hf.gpt_neo": BASE | {"mingpt.hf.common"},
     "mingpt.checkpoint": BASE,
+    "mingpt.tracking": set(),  # TensorBoard / W&B, imported by the Trainer only when asked
     "mingpt.run_folder": BASE | {"mingpt.checkpoint", "mingpt.distributed"},
     "mingpt.distributed": BASE,
     "mingpt.optim": BASE,
