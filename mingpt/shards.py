@@ -9,9 +9,9 @@ the ids fill shards of exactly shard_tokens tokens, each document followed by <|
     doc 0 <eot> doc 1 <eot> ...  ->  val_000000.bin | train_000001.bin | train_000002.bin | ...
 The first shard is the validation split, as in llm.c's and nanoGPT's fineweb.py; a document may
 run on from one shard into the next. Each shard is written atomically and then recorded in
-progress.json (which document the next shard starts in, and how many of its tokens are already
-written), so a preparation stopped anywhere resumes with the same command and redoes no
-finished shard. meta.json, written last, is what `mingpt train --data.dir` reads.
+progress.json (which document the next shard starts in, how many of its tokens are already
+written, and a place in the stream shortly before it), so a preparation stopped anywhere resumes
+with the same command, reading on from that place and redoing no finished shard. meta.json, written last, is what `mingpt train --data.dir` reads.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import multiprocessing
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -60,11 +60,10 @@ def parse_input(data_input: str, subset: str | None, split: str, text_key: str) 
 
 
 # -- reading documents through `datasets` ------------------------------------------------------------
-def open_documents(source: Source) -> tuple[Callable[[int], Iterator[str]], int | None]:
-    """(documents(skip) -> the texts from document `skip` on, the number of documents if known).
-
-    A hub dataset streams (streaming=True); a local folder of data files, or one parquet / jsonl /
-    csv / txt file, is read by `datasets` the same way. Offline, a hub name fails in one line."""
+def open_documents(source: Source) -> "Documents":
+    """The documents of source, as a stream. A hub dataset streams (streaming=True); a local folder
+    of data files, or one parquet / jsonl / csv / txt file, is read by `datasets` the same way.
+    Offline, a hub name fails in one line."""
     try:
         import datasets
     except ImportError:
@@ -92,16 +91,52 @@ def open_documents(source: Source) -> tuple[Callable[[int], Iterator[str]], int 
                          f"{', '.join(columns)}); name the text column with --data.text_key=NAME")
     splits = getattr(dataset.info, "splits", None) or {}
     total = splits[source.split].num_examples if source.split in splits else None
+    return Documents(dataset, source, total)
 
-    def documents(skip: int) -> Iterator[str]:
-        rows = dataset.skip(skip) if skip else dataset
+
+class Documents:
+    """The texts of a streamed `datasets` dataset, with places to start reading again.
+
+    Every `every` documents it notes where the stream is (`datasets`' state_dict: a file and a row
+    in it), so that a preparation resumed at document D starts reading at the last place noted
+    before D and reads on to D without tokenizing, instead of reading every document from the
+    first again (hours for FineWeb-Edu's later shards over a network)."""
+
+    def __init__(self, dataset: Any, source: Source, total: int | None, every: int = 64, kept: int = 256) -> None:
+        self.dataset, self.source, self.total, self.every = dataset, source, total, every
+        self.places: deque = deque(maxlen=kept)  # (documents before it, the state there), newest last
+
+    def read(self, start: int, place: dict | None = None) -> Iterator[str]:
+        """The texts from document `start` on; from `place` ({"documents": i, "state": ...}, i <= start,
+        noted by an earlier run) if given and the dataset can load it, else from the first."""
+        dataset, at = self.dataset, 0
+        if place is not None and hasattr(dataset, "load_state_dict"):
+            dataset.load_state_dict(place["state"])
+            at = place["documents"]
+        noting = hasattr(dataset, "state_dict")
+        rows = iter(dataset)
         try:
-            for row in rows:
-                yield row[source.text_key]
+            for _ in range(start - at):  # (documents whose tokens are in finished shards)
+                next(rows)
+            index = start
+            while True:
+                if noting and index % self.every == 0:  # (the state before document `index` is read)
+                    self.places.append((index, json.loads(json.dumps(dataset.state_dict()))))
+                row = next(rows, None)
+                if row is None:
+                    return
+                yield row[self.source.text_key]
+                index += 1
         except ConnectionError as e:
-            raise ConnectionError(f"lost the connection while reading {source.name!r} ({e}); run the same "
+            raise ConnectionError(f"lost the connection while reading {self.source.name!r} ({e}); run the same "
                                   f"command again: it resumes after the last finished shard") from None
-    return documents, total
+
+    def place_before(self, document: int) -> dict | None:
+        """The newest place noted at or before `document` (None if there is none left)."""
+        for index, state in reversed(self.places):
+            if index <= document:
+                return {"documents": index, "state": state}
+        return None
 
 
 # -- tokenizing in several processes, in order ---------------------------------------------------------
@@ -169,6 +204,7 @@ class Progress:
     shards: list[dict]  # {"file": "train_000001.bin", "tokens": N}
     documents: int = 0
     skip_tokens: int = 0
+    place: dict | None = None  # where reading may start again: Documents.place_before(documents)
     done: bool = False
 
     def save(self, out_dir: Path) -> None:
@@ -199,7 +235,7 @@ def prepare_shards(source: Source, out_dir: Path, tokenizer: Any, shard_tokens: 
     if progress.done:
         log.info(f"{out_dir} is prepared already ({len(progress.shards)} shards)")
         return json.loads((out_dir / "meta.json").read_text())
-    documents, total = open_documents(source)
+    documents = open_documents(source)
     if progress.shards:
         log.info(f"resuming in {out_dir}: {len(progress.shards)} shards done, going on from document "
                  f"{progress.documents:,}")
@@ -207,9 +243,10 @@ def prepare_shards(source: Source, out_dir: Path, tokenizer: Any, shard_tokens: 
     buffer, fill = np.empty(shard_tokens, dtype=dtype), 0
     first_doc = progress.documents  # the index of the first document of the current batch
     skip = progress.skip_tokens  # tokens of the first document that an earlier run wrote
-    bar = tqdm(total=total, initial=first_doc, unit="doc", unit_scale=True, desc="tokenizing", dynamic_ncols=True)
+    bar = tqdm(total=documents.total, initial=first_doc, unit="doc", unit_scale=True, desc="tokenizing", dynamic_ncols=True)
     try:
-        for tokens, lengths in encoded_batches(documents(first_doc), tokenizer, processes, batch_documents):
+        texts = documents.read(first_doc, progress.place)
+        for tokens, lengths in encoded_batches(texts, tokenizer, processes, batch_documents):
             position, skip = skip, 0
             while position < len(tokens):
                 take = min(shard_tokens - fill, len(tokens) - position)
@@ -220,6 +257,7 @@ def prepare_shards(source: Source, out_dir: Path, tokenizer: Any, shard_tokens: 
                     whole = int(np.searchsorted(ends, position, side="right"))  # documents before it
                     progress.documents = first_doc + whole
                     progress.skip_tokens = position - (int(ends[whole - 1]) if whole else 0)
+                    progress.place = documents.place_before(progress.documents)
                     _finish_shard(out_dir, progress, buffer)
                     fill = 0
                     bar.set_postfix(shards=len(progress.shards), refresh=False)
@@ -232,7 +270,7 @@ def prepare_shards(source: Source, out_dir: Path, tokenizer: Any, shard_tokens: 
                          f"validation and a training shard; lower --data.shard_tokens (and remove "
                          f"{str(out_dir)!r} if it holds a shard)")
     if fill:
-        progress.documents, progress.skip_tokens = first_doc, 0
+        progress.documents, progress.skip_tokens, progress.place = first_doc, 0, None
         _finish_shard(out_dir, progress, buffer[:fill])
     tokenizer.save(out_dir)
     counts = {split: sum(s["tokens"] for s in progress.shards if s["file"].startswith(split)) for split in ("train", "val")}

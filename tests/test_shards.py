@@ -99,6 +99,7 @@ def test_a_preparation_stopped_after_k_shards_resumes_without_redoing_them(datas
     progress = json.loads((out / shards.PROGRESS_FILE).read_text())
     assert len(progress["shards"]) == 3 and not progress["done"] and not (out / "meta.json").exists()
     assert 0 < progress["documents"] < len(DOCS)
+    assert progress["place"]["documents"] <= progress["documents"]  # where reading starts again
     before = {name: (out / name).stat().st_mtime_ns for name in written}
 
     time.sleep(0.01)
@@ -135,6 +136,19 @@ def test_a_preparation_killed_half_way_resumes_and_ends_with_the_same_shards(dat
     assert result.returncode == 0, result.stderr
     assert f"{done} shards done" in result.stderr
     assert shard_ids(out) == shard_ids(tmp_path / "straight")
+
+
+def test_reading_again_from_a_noted_place_starts_there_not_at_the_first_document(dataset):
+    documents = shards.open_documents(shards.Source(str(dataset)))
+    assert list(documents.read(0)) == DOCS
+    first, place = documents.place_before(0), documents.place_before(70)
+    assert (first["documents"], place["documents"]) == (0, 64)  # (noted every 64 documents)
+    again = shards.open_documents(shards.Source(str(dataset)))
+    assert list(again.read(70, place)) == DOCS[70:]
+    # the stream really starts at the place's state: the first document's state read as if it were
+    # the 64th's puts document 6 where 70 should be
+    wrong = {"documents": 64, "state": first["state"]}
+    assert list(shards.open_documents(shards.Source(str(dataset))).read(70, wrong))[:3] == DOCS[6:9]
 
 
 def test_a_finished_preparation_is_not_redone_and_other_settings_are_refused(dataset, tmp_path):
