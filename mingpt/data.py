@@ -79,6 +79,44 @@ class TokenStream:
         return windows[:, :-1], windows[:, 1:]
 
 
+class TokenShards(TokenStream):
+    """A TokenStream over several .bin shards (`mingpt prepare --data.input=hf:...`), each
+    memory-mapped: window i is the i-th of all shards' windows in order, and a window never
+    crosses from one shard into the next (block_size starts per shard are lost, a trifle of a
+    100M-token shard). One shard draws exactly the batches of TokenStream over it.
+
+        shards of 100 and 50 tokens, block_size 10: windows 0..89 in the first, 90..129 in the second
+    """
+
+    def __init__(self, shards: list[np.ndarray], block_size: int) -> None:
+        short = [i for i, s in enumerate(shards) if len(s) < block_size + 1]
+        if not shards or short:
+            raise ValueError(f"shard {short[0] if short else 0} has fewer than block_size + 1 = {block_size + 1} "
+                             f"tokens; prepare with a larger --data.shard_tokens or use a smaller --model.block_size")
+        self.shards, self.block_size = shards, block_size
+        self._window = torch.arange(block_size + 1)
+        # the first window of each shard, counted over all shards; the last entry is the total
+        self._first = np.concatenate([[0], np.cumsum([len(s) - block_size for s in shards])])
+
+    @classmethod
+    def from_bins(cls, paths: list[Path], dtype: str, block_size: int) -> "TokenShards":
+        return cls([np.memmap(p, dtype=np.dtype(dtype), mode="r") for p in paths], block_size)
+
+    def __len__(self) -> int:
+        return int(self._first[-1])
+
+    def _cut(self, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        starts_np = starts.numpy()
+        shard_of = np.searchsorted(self._first, starts_np, side="right") - 1
+        windows = np.empty((len(starts_np), self.block_size + 1), dtype=np.int64)
+        for shard in np.unique(shard_of):  # one fancy-index read per shard touched
+            rows = shard_of == shard
+            offsets = starts_np[rows] - self._first[shard]
+            windows[rows] = self.shards[shard][offsets[:, None] + self._window.numpy()]
+        windows = torch.from_numpy(windows)
+        return windows[:, :-1], windows[:, 1:]
+
+
 def read_text(path: str | Path) -> str:
     """Read a UTF-8 text file, with a clear error when it is missing, empty or not text."""
     path = Path(path)
@@ -233,12 +271,17 @@ def check_val_fraction(val_fraction: float) -> None:
 
 
 def load_prepared(data_dir: Path, block_size: int) -> tuple[TokenStream, TokenStream, dict]:
-    """The train and val streams of a folder made by prepare_corpus, memory-mapped, and its meta."""
+    """The train and val streams of a folder made by prepare_corpus (train.bin, val.bin) or by
+    shards.prepare_shards (meta.json lists its shards), memory-mapped, and its meta."""
     meta_file = data_dir / "meta.json"
     if not meta_file.exists():
         raise FileNotFoundError(f"{str(data_dir)!r} holds no meta.json; make it first with "
                                 f"`mingpt prepare --data.out_dir={data_dir}`")
     meta = json.loads(meta_file.read_text())
+    if "shards" in meta:  # a Hugging Face dataset's shards (mingpt/shards.py)
+        train, val = (TokenShards.from_bins([data_dir / name for name in meta["shards"][split]], meta["dtype"],
+                                            block_size) for split in ("train", "val"))
+        return train, val, meta
     train = TokenStream.from_bin(data_dir / "train.bin", meta["dtype"], block_size)
     val = TokenStream.from_bin(data_dir / "val.bin", meta["dtype"], block_size)
     return train, val, meta

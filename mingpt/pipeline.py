@@ -1,7 +1,8 @@
 """The steps the language-model jobs share: text files -> token files, a model to train (new or
 pretrained), and a run that trains it into its folder and ends with a sample.
 
-    mingpt prepare  = prepare_data          mingpt train = train_config, train_on_prepared
+    mingpt prepare  = prepare_data (text files), prepare_hf_data (hf:NAME, shards.py)
+    mingpt train    = train_config, train_on_prepared
     mingpt chargpt  = (its own tokens and model) + train_and_sample
     mingpt words    = prepare_data, then train_on_prepared
 Jobs call these; the jobs never import each other.
@@ -9,11 +10,12 @@ Jobs call these; the jobs never import each other.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
 
-from mingpt import distributed, tokenizers
+from mingpt import distributed, shards, tokenizers
 from mingpt.data import TokenStream, check_val_fraction, corpus_path, load_prepared, prepare_corpus, read_pieces
 from mingpt.model import GPT
 from mingpt.run_folder import RunFolder
@@ -80,6 +82,29 @@ def prepare_data(inputs: str, out_dir: str | Path, val_fraction: float, tokenize
         return {}
     log.info(f"prepared {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens "
              f"({meta['dtype']}, vocabulary of {meta['vocab_size']:,}) in {out_dir}")
+    return meta
+
+
+def prepare_hf_data(data: CfgNode, tokenizer: CfgNode) -> dict:
+    """Stream the Hugging Face dataset data.input ('hf:NAME': a hub name or a local folder or file
+    `datasets` reads; data.subset, data.split, data.text_key) into data.out_dir's token shards of
+    data.shard_tokens tokens, tokenized by data.processes processes (None: one per core); a
+    preparation stopped half-way resumes (shards.py). One process writes under torchrun."""
+    if tokenizer.kind != "gpt2":
+        raise ValueError(f"tokenizer.kind={tokenizer.kind!r}: a Hugging Face dataset is tokenized with GPT-2's "
+                         f"BPE (--tokenizer.kind=gpt2); a learnt tokenizer would need a pass over all of it first")
+    source = shards.parse_input(data.input, data.subset, data.split, data.text_key)
+    processes = data.processes or os.cpu_count() or 1
+
+    def prepare() -> dict:
+        return shards.prepare_shards(source, Path(data.out_dir), tokenizers.make("gpt2", []), data.shard_tokens,
+                                     processes)
+
+    meta = distributed.run_together(prepare, main_only=True)
+    if meta is None:
+        return {}
+    log.info(f"prepared {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens in "
+             f"{len(meta['shards']['train'])} + {len(meta['shards']['val'])} shards in {data.out_dir}")
     return meta
 
 

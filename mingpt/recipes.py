@@ -54,8 +54,27 @@ RECIPES: dict[str, Recipe] = {
         {"model.model_type": None, "model.n_layer": 4, "model.n_head": 4, "model.n_embd": 192,
          "model.block_size": 128, **MODERN_PARTS, "trainer.warmup_iters": 50, "trainer.batch_size": 24,
          "trainer.max_iters": None, "trainer.max_seconds": 300, "trainer.eval_interval": 1000}),
-    # (gpt2-124m, issue 15, goes here too; every key must exist in each job run with it, or that
-    # job refuses the recipe)
+    # GPT-2 124M on FineWeb-Edu 10B (`mingpt prepare --data.input=hf:HuggingFaceFW/fineweb-edu
+    # --data.subset=sample-10BT`), as llm.c's run_gpt2_124M.sh and nanoGPT's reproduction train it:
+    # 512 rows of 1024 tokens = 524,288 tokens per step, 64 rows per micro-batch, so 8 GPUs take one
+    # micro-batch each and 1 GPU accumulates 8 (2 nodes of 8: --trainer.batch_size=32). 19,073
+    # steps are 10B tokens, one pass. The vocabulary is GPT-2's 50,257 (the data's tokenizer;
+    # llm.c pads it to 50,304 for speed), so the model saves as a Hugging Face GPT-2. dtype 'auto'
+    # and compile None are bf16 autocast and torch.compile on CUDA. README: "Reproducing GPT-2"
+    "gpt2-124m": Recipe(
+        "GPT-2 124M as published (12/12/768, block 1024, no dropout), 524,288 tokens per step, AdamW "
+        "lr 6e-4 (warmup 700, cosine to 10%), weight decay 0.1, 19,073 steps: for FineWeb-Edu 10B on 8 GPUs",
+        {
+            "model.model_type": "gpt2", "model.n_layer": None, "model.n_head": None, "model.n_embd": None,
+            "model.block_size": 1024, "model.tie_embeddings": True,
+            "model.embd_pdrop": 0.0, "model.resid_pdrop": 0.0, "model.attn_pdrop": 0.0,
+            "trainer.batch_size": 64, "trainer.global_batch_size": 512, "trainer.grad_accum_steps": 1,
+            "trainer.max_iters": 19073, "trainer.optimizer": "adamw", "trainer.learning_rate": 6e-4,
+            "trainer.warmup_iters": 700, "trainer.lr_decay": True, "trainer.lr_schedule": "cosine",
+            "trainer.min_lr_ratio": 0.1, "trainer.weight_decay": 0.1, "trainer.betas": (0.9, 0.95),
+            "trainer.grad_norm_clip": 1.0, "trainer.dtype": "auto", "trainer.compile": None,
+            "trainer.eval_interval": 250, "trainer.eval_iters": 20, "trainer.log_interval": 10,
+        }),
 }
 
 

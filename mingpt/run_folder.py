@@ -45,6 +45,9 @@ class RunFolder:
         self.path = Path(path)
         self.prepared = False  # (prepare() has run: the folder is checked and exists)
         self._metrics: IO[str] | None = None
+        # copies of the metrics rows for viewing (tracking.py: TensorBoard, W&B), given by the Trainer
+        # when asked; they get every row append_metrics writes and are closed with the metrics
+        self.trackers: list = []
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
@@ -106,11 +109,16 @@ class RunFolder:
         assert self._metrics is not None, "start_metrics first"
         self._metrics.write(json.dumps(row) + "\n")
         self._metrics.flush()
+        for tracker in self.trackers:
+            tracker.log(row)
 
     def close_metrics(self) -> None:
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
+            tracker.close()
 
     def read_metrics(self) -> list[dict]:
         return [json.loads(line) for line in (self.path / self.METRICS).read_text().splitlines() if line]

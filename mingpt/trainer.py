@@ -82,6 +82,9 @@ class Trainer:
             keep_last=2,  # checkpoints kept (saved every eval_interval; the best is kept too)
             compile=None,  # torch.compile the training step: True, False, or None (on CUDA only)
             progress_bar=True,
+            # also send metrics.jsonl's rows to 'tensorboard' and/or 'wandb' (a list, or comma-separated;
+            # None: neither). The run folder stays the source of truth (tracking.py; optional extras)
+            log_to=None,
         )
 
     def __init__(self, config: CfgNode, model: nn.Module, train_dataset: Dataset,
@@ -288,6 +291,9 @@ class Trainer:
         if self.run_folder is not None and self.is_main:
             self.run_folder.write_config(self.run_config)
             self.run_folder.start_metrics(self.metrics)
+            if c.log_to:  # (the trackers' libraries load only when asked)
+                from mingpt import tracking
+                self.run_folder.trackers = tracking.open_trackers(c.log_to, self.run_folder.path, self.run_config)
         self.model.train()
         return c
 
@@ -506,14 +512,14 @@ def draw_batches(dataset: Dataset, generator: torch.Generator, place: Place, row
 
 def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two nested config dicts (resume flags, the
-    length of the run and its stopping conditions aside)."""
+    length of the run, its stopping conditions and its trackers aside)."""
     changed = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             changed += _changed_keys(a, b, f"{prefix}{key}.")
         elif a != b and key not in ("resume", "overwrite", "max_iters", "checkpoint", "target_val_loss",
-                                    "max_seconds"):
+                                    "max_seconds", "log_to"):
             changed.append(f"{prefix}{key}")
     return changed
 
@@ -666,3 +672,6 @@ def check_config(c: CfgNode) -> None:
     problems += optim.config_problems(c)  # the optimizer's and schedule's settings
     if problems:
         raise ValueError("; ".join(problems))
+    if c.log_to:
+        from mingpt import tracking
+        tracking.names(c.log_to)  # an unknown tracker, or its package missing: refused now, before any work

@@ -10,7 +10,7 @@ from helpers import PROJECT_ROOT
 PACKAGE = PROJECT_ROOT / "mingpt"
 BASE = {"mingpt.utils"}  # what everything may use
 TRAINING = {"mingpt.checkpoint", "mingpt.distributed", "mingpt.evaluate", "mingpt.kernels", "mingpt.optim",
-            "mingpt.parallel", "mingpt.run_folder", "mingpt.runtime"}
+            "mingpt.parallel", "mingpt.run_folder", "mingpt.runtime", "mingpt.tracking"}
 # module -> the mingpt modules it may import (jobs: anything but other jobs; see RULES_FOR)
 RULES = {
     "mingpt": {"mingpt.model", "mingpt.trainer", "mingpt.utils"},
@@ -33,6 +33,7 @@ RULES = {
     "mingpt.hf.openai_gpt": BASE | {"mingpt.hf.common"},
     "mingpt.hf.gpt_neo": BASE | {"mingpt.hf.common"},
     "mingpt.checkpoint": BASE,
+    "mingpt.tracking": set(),  # TensorBoard / W&B, imported by the Trainer only when asked
     "mingpt.run_folder": BASE | {"mingpt.checkpoint", "mingpt.distributed"},
     "mingpt.distributed": BASE,
     "mingpt.optim": BASE,
@@ -44,8 +45,9 @@ RULES = {
     "mingpt.char": BASE,
     "mingpt.tokenizers": BASE | {"mingpt.bpe", "mingpt.char", "mingpt.hf"},  # hf: a pretrained model's tokenizer
     "mingpt.data": BASE | {"mingpt.char"},
+    "mingpt.shards": BASE,  # a Hugging Face dataset -> token shards; handed its tokenizer
     "mingpt.pipeline": BASE | TRAINING - {"mingpt.runtime"} | {
-        "mingpt.data", "mingpt.model", "mingpt.tokenizers", "mingpt.trainer"},
+        "mingpt.data", "mingpt.model", "mingpt.shards", "mingpt.tokenizers", "mingpt.trainer"},
     "mingpt.recipes": BASE,  # a table of overrides: data, no machinery
     "mingpt.cli": BASE | {"mingpt.recipes"},  # (it imports the jobs by name, when one runs)
 }

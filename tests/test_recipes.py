@@ -7,6 +7,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from mingpt import recipes
 from mingpt.cli import JOBS, run_job, take_recipe
@@ -152,3 +153,36 @@ def test_the_five_minutes_recipe_trains_until_its_time_budget(tmp_path, capsys):
     lrs = [row["lr"] for row in rows]
     assert lrs[0] == config["trainer"]["learning_rate"]  # (no warmup here)
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # the cooldown follows the clock: test_trainer.py
+
+
+def test_the_gpt2_124m_recipe_is_the_published_model_and_524288_tokens_a_step_on_8_ranks():
+    from mingpt.model import GPT
+    from mingpt.trainer import resolve_accumulation
+
+    config = job_config("train", "--recipe=gpt2-124m")
+    t, m = config.trainer, config.model
+    assert (m.model_type, m.block_size, m.embd_pdrop, m.resid_pdrop, m.attn_pdrop) == ("gpt2", 1024, 0.0, 0.0, 0.0)
+    m.vocab_size = 50257  # (what train_on_prepared sets from GPT-2's tokenizer)
+    with torch.device("meta"):
+        model = GPT(m)
+    assert (model.config.n_layer, model.config.n_head, model.config.n_embd) == (12, 12, 768)
+    assert sum(p.numel() for p in model.parameters()) == 124_439_808  # OpenAI's GPT-2 124M
+    for ranks, accumulation in ((8, 1), (4, 2), (1, 8)):
+        steps = resolve_accumulation(t, ranks)
+        assert steps == accumulation and t.batch_size * steps * ranks * m.block_size == 524_288
+    with pytest.raises(ValueError, match="global_batch_size=512 must be a multiple of .* 64 x 16 = 1024"):
+        resolve_accumulation(t, 16)  # 2 nodes of 8: halve the micro-batch
+    two_nodes = job_config("train", "--recipe=gpt2-124m", "--trainer.batch_size=32").trainer
+    assert resolve_accumulation(two_nodes, 16) * 32 * 16 * 1024 == 524_288
+    assert (t.learning_rate, t.warmup_iters, t.lr_decay, t.lr_schedule, t.min_lr_ratio) == (6e-4, 700, True, "cosine", 0.1)
+    assert (t.weight_decay, tuple(t.betas), t.grad_norm_clip, t.max_iters) == (0.1, (0.9, 0.95), 1.0, 19073)
+    assert t.max_iters == 10**10 // 524_288  # 10B tokens: one pass over FineWeb-Edu's sample-10BT
+
+
+def test_the_gpt2_124m_schedule_warms_up_for_700_steps_and_ends_at_a_tenth():
+    from mingpt import optim
+
+    t = job_config("train", "--recipe=gpt2-124m").trainer
+    assert optim.lr_at(0, t) < 1e-6 and math.isclose(optim.lr_at(700, t), 6e-4)
+    assert optim.lr_at(350, t) == pytest.approx(3e-4, rel=0.01)
+    assert math.isclose(optim.lr_at(19073, t), 6e-5, rel_tol=1e-6)
