@@ -45,7 +45,9 @@ RULES = {
     "mingpt.tokenizers": BASE | {"mingpt.bpe", "mingpt.char", "mingpt.hf"},  # hf: a pretrained model's tokenizer
     "mingpt.data": BASE | {"mingpt.char"},
     "mingpt.pipeline": BASE | TRAINING - {"mingpt.runtime"} | {
-        "mingpt.data", "mingpt.model", "mingpt.tokenizers", "mingpt.trainer"},
+        "mingpt.data", "mingpt.hellaswag", "mingpt.model", "mingpt.tokenizers", "mingpt.trainer"},
+    "mingpt.hellaswag": BASE,  # a task's items: no model, no tokenizer
+    "mingpt.lm_eval_bridge": BASE | {"mingpt.evaluate", "mingpt.pipeline"},
     "mingpt.recipes": BASE,  # a table of overrides: data, no machinery
     "mingpt.cli": BASE | {"mingpt.recipes"},  # (it imports the jobs by name, when one runs)
 }
