@@ -4,7 +4,7 @@ pretrained), and a run that trains it into its folder and ends with a sample.
     mingpt prepare  = prepare_data          mingpt train = train_config, train_on_prepared
     mingpt chargpt  = (its own tokens and model) + train_and_sample
     mingpt words    = prepare_data, then train_on_prepared
-    mingpt eval     = load_for_evaluation (also the lm-eval bridge's), eval_task_for (training's)
+    mingpt eval     = load_for_evaluation (also the lm-eval bridge's), encoded_task (also training's)
 Jobs call these; the jobs never import each other.
 """
 from __future__ import annotations
@@ -211,9 +211,18 @@ def eval_task_for(config: CfgNode, tokenizer: tokenizers.Tokenizer, block_size: 
                          f"or None (off)")
     task = config.task if "task" in config.to_dict() else train_config().task
     questions = hellaswag.load(task.path or None, task.limit)
+    return encoded_task(questions, tokenizer, block_size, task.batch_size, name=name, whose="the run's")
+
+
+def encoded_task(questions: list[hellaswag.Question], tokenizer: tokenizers.Tokenizer, block_size: int,
+                 batch_size: int, name: str = "hellaswag", progress: bool = False, whose: str = "the model's"
+                 ) -> evaluate.MultipleChoiceTask:
+    """Multiple-choice questions encoded by the model's tokenizer, which must be able to write
+    their text: a character tokenizer that meets a character it never saw is refused in one line."""
     try:
         return evaluate.MultipleChoiceTask(questions, tokenizer.encode, getattr(tokenizer, "eot_token", None),
-                                           block_size, task.batch_size, name=name)
-    except ValueError as e:  # a character tokenizer meets characters it never saw
-        raise ValueError(f"trainer.eval_task={name!r}: the run's tokenizer cannot encode the task's text "
-                         f"({e}); score it on a model with a BPE tokenizer (gpt2 or bpe)") from None
+                                           block_size, batch_size, progress, name)
+    except ValueError as e:
+        raise ValueError(f"{whose} tokenizer cannot encode the task's text ({e}); {name} needs a model "
+                         f"whose tokenizer covers any text, such as GPT-2's BPE or a learnt BPE "
+                         f"(mingpt prepare --tokenizer.kind=gpt2 or bpe)") from None

@@ -77,13 +77,13 @@ class Trainer:
             muon_weight_decay=0.0,  # muon: decoupled weight decay of the matrices
             muon_ns_dtype="auto",  # muon: Newton-Schulz in 'fp32', 'bf16', or 'auto' (bf16 on CUDA only)
             eval_interval=250,  # iterations between validation evaluations (and checkpoints)
+            eval_iters=50,  # batches per evaluation (None: the whole validation set)
             # a task scored during training, e.g. 'hellaswag' (None: off): its name, which prefixes its
             # scores in metrics.jsonl (hellaswag_acc, ...); the job hands the Trainer the task itself
             # (eval_task=fn, fn(model, device, autocast) -> {score: value}). Every eval_task_interval
             # iterations (None: every eval_interval) and at the last
             eval_task=None,
             eval_task_interval=None,
-            eval_iters=50,  # batches per evaluation (None: the whole validation set)
             log_interval=10,  # iterations between rows of metrics.jsonl
             keep_last=2,  # checkpoints kept (saved every eval_interval; the best is kept too)
             compile=None,  # torch.compile the training step: True, False, or None (on CUDA only)
@@ -106,10 +106,12 @@ class Trainer:
         if config.target_val_loss is not None and val_dataset is None:
             raise ValueError(f"trainer.target_val_loss={config.target_val_loss} needs validation data to be "
                              f"reached; pass a val_dataset, or leave the target at None")
-        if (config.eval_task is None) != (eval_task is None):
-            raise ValueError(f"trainer.eval_task={config.eval_task!r} needs the task itself (Trainer(..., "
-                             f"eval_task=fn)) and the task a name in trainer.eval_task; the training jobs "
-                             f"build it from --trainer.eval_task=hellaswag")
+        if config.eval_task is not None and eval_task is None:
+            raise ValueError(f"trainer.eval_task={config.eval_task!r} needs the task itself: Trainer(..., "
+                             f"eval_task=fn) (the jobs train, words and chargpt build it), or leave it at None")
+        if eval_task is not None and config.eval_task is None:
+            raise ValueError("Trainer(..., eval_task=fn) needs the task's name in trainer.eval_task "
+                             "(e.g. 'hellaswag'), which prefixes its scores in metrics.jsonl")
         self.eval_task = eval_task
         self.config = config
         chosen = runtime.choose(config.device, config.dtype)  # (worked out; nothing is changed)

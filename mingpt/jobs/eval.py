@@ -23,7 +23,7 @@ import torch
 from mingpt import evaluate, hellaswag, runtime, tokenizers
 from mingpt.data import load_prepared
 from mingpt.model import GPT
-from mingpt.pipeline import check_same_tokenizer, load_for_evaluation
+from mingpt.pipeline import check_same_tokenizer, encoded_task, load_for_evaluation
 from mingpt.utils import CfgNode, ConfigError, setup_logging, write_json
 
 log = logging.getLogger(__name__)
@@ -90,27 +90,16 @@ def check_config(config: CfgNode) -> None:
         raise ConfigError("; ".join(problems))
 
 
-def hellaswag_scores(config: CfgNode, model: GPT, tokenizer, device, autocast) -> dict:
+def hellaswag_scores(config: CfgNode, model: GPT, tokenizer: tokenizers.Tokenizer, device: torch.device,
+                     autocast) -> dict:
     questions = hellaswag.load(config.data.path or None, config.data.limit)
-    task = task_for(questions, tokenizer, model.block_size, config.batch_size, config.progress_bar,
-                    source=config.model)
+    task = encoded_task(questions, tokenizer, model.block_size, config.batch_size, progress=config.progress_bar,
+                        whose=f"the model {config.model!r}: its")
     log.info(f"hellaswag: {len(questions)} items, {len(task.requests)} endings to score")
     return {**task(model, device, autocast), "data": config.data.path or hellaswag.VAL_URL}
 
 
-def task_for(questions, tokenizer, block_size: int, batch_size: int, progress: bool, source: str
-             ) -> evaluate.MultipleChoiceTask:
-    """The questions encoded by the model's tokenizer, which must be able to write their text."""
-    try:
-        return evaluate.MultipleChoiceTask(questions, tokenizer.encode, getattr(tokenizer, "eot_token", None),
-                                           block_size, batch_size, progress)
-    except ValueError as e:  # a character tokenizer meets characters it never saw
-        raise ValueError(f"the tokenizer of {source!r} cannot encode the task's text ({e}); HellaSwag "
-                         f"needs a model whose tokenizer covers any text, such as GPT-2's BPE or a "
-                         f"learnt BPE (mingpt prepare --tokenizer.kind=gpt2 or bpe)") from None
-
-
-def val_loss_scores(config: CfgNode, model: GPT, device, autocast) -> dict:
+def val_loss_scores(config: CfgNode, model: GPT, device: torch.device, autocast) -> dict:
     data_dir = Path(config.data.dir)
     check_same_tokenizer(config.model, data_dir)  # (a run folder: the same tokenizer.json)
     _, val, meta = load_prepared(data_dir, model.block_size)
