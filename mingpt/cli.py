@@ -23,6 +23,7 @@ JOBS = {
     "train": ("mingpt.jobs.train", "train or fine-tune a GPT on prepared token files"),
     "words": ("mingpt.jobs.words", "a BPE-level GPT on any text (prepare + train)"),
     "sample": ("mingpt.jobs.sample", "sample text from a trained run or a pretrained model"),
+    "eval": ("mingpt.jobs.eval", "score a model: HellaSwag as lm-evaluation-harness does, or val loss"),
     "bench": ("mingpt.jobs.bench", "speed benchmarks: mingpt against Hugging Face and a reference loop"),
 }
 

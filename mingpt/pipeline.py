@@ -5,6 +5,7 @@ pretrained), and a run that trains it into its folder and ends with a sample.
     mingpt train    = train_config, train_on_prepared
     mingpt chargpt  = (its own tokens and model) + train_and_sample
     mingpt words    = prepare_data, then train_on_prepared
+    mingpt eval     = load_for_evaluation (also the lm-eval bridge's), encoded_task (also training's)
 Jobs call these; the jobs never import each other.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from mingpt import distributed, shards, tokenizers
+from mingpt import distributed, evaluate, hellaswag, shards, tokenizers
 from mingpt.data import TokenStream, check_val_fraction, corpus_path, load_prepared, prepare_corpus, read_pieces
 from mingpt.model import GPT
 from mingpt.run_folder import RunFolder
@@ -48,6 +49,9 @@ def train_config() -> CfgNode:
     C.trainer.lr_decay = True  # cosine (minGPT's default is a constant rate)
     C.trainer.betas = (0.9, 0.99)
     C.sample = CfgNode(prompt="", max_new_tokens=200, temperature=1.0, top_k=50)
+    # the task that --trainer.eval_task names (hellaswag): path, a local jsonl ('': the validation
+    # set, downloaded once); limit, its first N items (None: all); batch_size, endings per forward
+    C.task = CfgNode(path="", limit=None, batch_size=16)
     return C
 
 
@@ -178,7 +182,8 @@ def train_and_sample(config: CfgNode, model: GPT, tokenizer: tokenizers.Tokenize
     run = RunFolder(s.work_dir)
     run.prepare(s.resume, s.overwrite)
     trainer = Trainer(config.trainer, model, train, val, work_dir=run, run_config=config.to_dict(),
-                      resume=s.resume, checkpoint=s.checkpoint)
+                      resume=s.resume, checkpoint=s.checkpoint,
+                      eval_task=eval_task_for(config, tokenizer, model.block_size))
     if trainer.is_main:
         run.save_tokenizer(tokenizer)
     summary = trainer.run()
@@ -195,3 +200,54 @@ def train_and_sample(config: CfgNode, model: GPT, tokenizer: tokenizers.Tokenize
         if trainer.is_main:
             print(tokenizer.decode(out[0].tolist()))
     return summary
+
+
+def load_for_evaluation(source: str, device: str | torch.device = "cpu", checkpoint: str | None = None
+                        ) -> tuple[GPT, tokenizers.Tokenizer]:
+    """The model of source (a mingpt run folder, a Hugging Face folder or a hub name), in eval
+    mode, and the tokenizer whose ids it reads (a run's tokenizer.json, or its family's), which
+    must fit the model's vocabulary."""
+    # a run's tokenizer is its tokenizer.json (a run's config.json is no Hugging Face config)
+    if RunFolder(Path(source)).holds_checkpoint():
+        tokenizer = tokenizers.load(source)
+    else:
+        tokenizer = tokenizers.for_pretrained(source)
+    model = GPT.from_pretrained(source, device=device, checkpoint=checkpoint).eval()
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ValueError(f"the tokenizer found for {source!r} has {tokenizer.vocab_size} tokens but the "
+                         f"model knows only {model.config.vocab_size}: it was trained with another tokenizer; "
+                         f"evaluate the mingpt run folder it came from instead")
+    return model, tokenizer
+
+
+EVAL_TASKS = ("hellaswag",)  # what trainer.eval_task may name
+
+
+def eval_task_for(config: CfgNode, tokenizer: tokenizers.Tokenizer, block_size: int
+                  ) -> evaluate.MultipleChoiceTask | None:
+    """The task config.trainer.eval_task names, its items encoded once by the run's tokenizer
+    (before training, so that a tokenizer that cannot write them is refused at once); None if
+    no task is asked for. config.task (when the job has it) says where its items come from."""
+    name = config.trainer.eval_task
+    if name is None:
+        return None
+    if name not in EVAL_TASKS:
+        raise ValueError(f"trainer.eval_task={name!r} must be one of {', '.join(map(repr, EVAL_TASKS))}, "
+                         f"or None (off)")
+    task = config.task if "task" in config.to_dict() else train_config().task
+    questions = hellaswag.load(task.path or None, task.limit)
+    return encoded_task(questions, tokenizer, block_size, task.batch_size, name=name, whose="the run's")
+
+
+def encoded_task(questions: list[hellaswag.Question], tokenizer: tokenizers.Tokenizer, block_size: int,
+                 batch_size: int, name: str = "hellaswag", progress: bool = False, whose: str = "the model's"
+                 ) -> evaluate.MultipleChoiceTask:
+    """Multiple-choice questions encoded by the model's tokenizer, which must be able to write
+    their text: a character tokenizer that meets a character it never saw is refused in one line."""
+    try:
+        return evaluate.MultipleChoiceTask(questions, tokenizer.encode, getattr(tokenizer, "eot_token", None),
+                                           block_size, batch_size, progress, name)
+    except ValueError as e:
+        raise ValueError(f"{whose} tokenizer cannot encode the task's text ({e}); {name} needs a model "
+                         f"whose tokenizer covers any text, such as GPT-2's BPE or a learnt BPE "
+                         f"(mingpt prepare --tokenizer.kind=gpt2 or bpe)") from None

@@ -17,7 +17,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Sequence
 
 import torch.nn as nn
 from safetensors import SafetensorError
@@ -126,8 +126,9 @@ class RunFolder:
     def write_summary(self, summary: dict) -> None:
         write_json(self.path / self.SUMMARY, summary)
 
-    def plot(self, rows: list[dict]) -> None:
-        """Draw loss.png: training and validation loss against iteration."""
+    def plot(self, rows: list[dict], scores: Sequence[str] = ()) -> None:
+        """Draw loss.png: training and validation loss against iteration, and the metrics that
+        `scores` names (a task's accuracies, between 0 and 1) on a second axis at the right."""
         # a Figure of its own, drawn by the Agg canvas: no pyplot, so no global figure state and no
         # GUI backend to import
         from matplotlib.figure import Figure
@@ -143,7 +144,17 @@ class RunFolder:
         ax.set_xlabel("iteration")
         ax.set_ylabel("loss")
         ax.grid(alpha=0.3)
-        ax.legend()
+        handles, labels = ax.get_legend_handles_labels()
+        if scores:
+            right = ax.twinx()
+            for key, style in zip(scores, ("s--", "^--", "v--", "d--")):
+                points = [(r["iter"], r[key]) for r in rows if key in r]
+                if points:
+                    right.plot(*zip(*points), style, label=key, alpha=0.8)
+            right.set_ylabel("score")
+            more = right.get_legend_handles_labels()
+            handles, labels = handles + more[0], labels + more[1]
+        ax.legend(handles, labels)
         fig.tight_layout()
         with atomic_path(self.path / self.PLOT) as tmp:
             fig.savefig(tmp, dpi=100, format="png")

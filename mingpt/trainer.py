@@ -32,6 +32,8 @@ from mingpt.run_folder import RunFolder
 from mingpt.utils import CfgNode, unwrap
 
 log = logging.getLogger(__name__)
+# a task scored during training: fn(model, device, autocast) -> {"acc": 0.31, ...}
+EvalTask = Callable[[nn.Module, torch.device, Callable[[], AbstractContextManager]], dict[str, float]]
 
 
 class Trainer:
@@ -78,6 +80,12 @@ class Trainer:
             # 'fast' (bf16 on CUDA and on CPUs with native bf16: AVX-512 BF16, AMX)
             eval_interval=250,  # iterations between validation evaluations (and checkpoints)
             eval_iters=50,  # batches per evaluation (None: the whole validation set)
+            # a task scored during training, e.g. 'hellaswag' (None: off): its name, which prefixes its
+            # scores in metrics.jsonl (hellaswag_acc, ...); the job hands the Trainer the task itself
+            # (eval_task=fn, fn(model, device, autocast) -> {score: value}). Every eval_task_interval
+            # iterations (None: every eval_interval) and at the last
+            eval_task=None,
+            eval_task_interval=None,
             log_interval=10,  # iterations between rows of metrics.jsonl
             keep_last=2,  # checkpoints kept (saved every eval_interval; the best is kept too)
             compile=None,  # torch.compile the training step: True, False, or None (on CUDA only)
@@ -90,10 +98,11 @@ class Trainer:
     def __init__(self, config: CfgNode, model: nn.Module, train_dataset: Dataset,
                  val_dataset: Dataset | None = None, work_dir: str | Path | RunFolder | None = None,
                  run_config: dict | None = None, resume: bool = False, overwrite: bool = False,
-                 checkpoint: str | None = None) -> None:
+                 checkpoint: str | None = None, eval_task: EvalTask | None = None) -> None:
         """work_dir: the run folder (None writes nothing). A folder that already holds a run is
         refused unless resume=True (continue from its newest intact checkpoint, or the one
-        `checkpoint` names, exactly) or overwrite=True (start over).
+        `checkpoint` names, exactly) or overwrite=True (start over). eval_task: the task that
+        config.eval_task names (evaluate.MultipleChoiceTask, or any such callable).
 
         Nothing happens until run(): then the process is set up (runtime.setup: under torchrun it
         joins the job, see mingpt/distributed.py) and the run folder prepared.
@@ -102,6 +111,13 @@ class Trainer:
         if config.target_val_loss is not None and val_dataset is None:
             raise ValueError(f"trainer.target_val_loss={config.target_val_loss} needs validation data to be "
                              f"reached; pass a val_dataset, or leave the target at None")
+        if config.eval_task is not None and eval_task is None:
+            raise ValueError(f"trainer.eval_task={config.eval_task!r} needs the task itself: Trainer(..., "
+                             f"eval_task=fn) (the jobs train, words and chargpt build it), or leave it at None")
+        if eval_task is not None and config.eval_task is None:
+            raise ValueError("Trainer(..., eval_task=fn) needs the task's name in trainer.eval_task "
+                             "(e.g. 'hellaswag'), which prefixes its scores in metrics.jsonl")
+        self.eval_task = eval_task
         self.config = config
         chosen = runtime.choose(config.device, config.dtype)  # (worked out; nothing is changed)
         self.place, self.device, self.amp_dtype = chosen.place, chosen.device, chosen.amp_dtype
@@ -219,6 +235,7 @@ class Trainer:
 
                     paused_at = time.time()  # evaluation and callbacks are not training time
                     improved = due and self._validate()
+                    self._score_task(done)
                     reached = due and self._reached_target(done)
                     self.trigger_callbacks("on_batch_end")
                     window.paused += time.time() - paused_at
@@ -318,6 +335,24 @@ class Trainer:
         self.trigger_callbacks("on_eval_end")
         return improved
 
+    def _score_task(self, done: int) -> None:
+        """Score the eval_task, when one is set and due, into this iteration's metrics row and the
+        summary: {name}_{score} (hellaswag_acc, hellaswag_acc_norm, hellaswag_n)."""
+        c = self.config
+        if self.eval_task is None or not (done % (c.eval_task_interval or c.eval_interval) == 0
+                                          or done == c.max_iters):
+            return
+        scores = {f"{c.eval_task}_{key}": value for key, value in
+                  self.eval_task(self.model, self.device, self.autocast).items()}
+        self.log(**scores)
+        self.summary.update(scores)
+        self.model.train()
+
+    def task_scores(self) -> list[str]:
+        """The metrics the eval_task writes, for the plot (none without one)."""
+        prefix = f"{self.config.eval_task}_"
+        return sorted({k for row in self.metrics for k in row if k.startswith(prefix) and not k.endswith("_n")})
+
     def _agree_to_stop(self, reached: bool = False, out_of_time: bool = False) -> tuple[bool, bool]:
         """(stop now, a row is pending), the same on every rank: a signal or a callback's stop()
         may come to some ranks only, and every rank must stop, and write a row, at the same
@@ -414,7 +449,7 @@ class Trainer:
             self.trigger_callbacks("on_train_end")
         if self.run_folder is not None and self.is_main:
             self.run_folder.write_summary(self.summary)
-            self.run_folder.plot(self.metrics)
+            self.run_folder.plot(self.metrics, scores=self.task_scores() if self.eval_task else ())
         return self.summary
 
     # -- checkpoints ----------------------------------------------------------------------------------
@@ -661,6 +696,9 @@ def check_config(c: CfgNode) -> None:
         problems.append(f"trainer.compile={c.compile!r} must be True, False or None (on CUDA only)")
     if c.eval_interval < 1 or c.log_interval < 1:
         problems.append("trainer.eval_interval and trainer.log_interval must be >= 1")
+    if c.eval_task_interval is not None and (not isinstance(c.eval_task_interval, int) or c.eval_task_interval < 1):
+        problems.append(f"trainer.eval_task_interval={c.eval_task_interval!r} must be >= 1, or None "
+                        f"(every eval_interval)")
     for key in ("target_val_loss", "max_seconds"):
         value = getattr(c, key)
         if value is None:

@@ -237,11 +237,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MINGPT_CACHE", Path.home() / ".cache" / "mingpt"))
 
 
-def download(url: str, target: Path, what: str, fix: str, sha256: str | None = None) -> Path:
+def download(url: str, target: Path, what: str, fix: str, sha256: str | None = None,
+             git_blob: str | None = None) -> Path:
     """Fetch url into target atomically, so a failed download leaves nothing.
 
     Offline (or on any network error) it raises ConnectionError naming `what` and `fix`; a file
-    whose sha256 is not the expected one is refused.
+    whose sha256, or git blob id (git_blob_id: what a repository's tree records for the file,
+    so a file taken from a git repository can be checked against that tree), is not the
+    expected one is refused.
     """
     logging.getLogger("mingpt").info(f"downloading {what} to {target}")
     try:
@@ -251,9 +254,17 @@ def download(url: str, target: Path, what: str, fix: str, sha256: str | None = N
         raise ConnectionError(f"could not download {what} ({e}); {fix}") from None
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
         raise ValueError(f"the downloaded {what} does not match its expected sha256; try again later")
+    if git_blob is not None and git_blob_id(data) != git_blob:
+        raise ValueError(f"the downloaded {what} is not the file its repository records (git blob "
+                         f"{git_blob}); try again later, or pass a copy you trust")
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(target, data)
     return target
+
+
+def git_blob_id(data: bytes) -> str:
+    """The id git gives a file's contents: sha1 of b"blob <size>\\0" + data (`git hash-object`)."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -47,7 +47,9 @@ RULES = {
     "mingpt.data": BASE | {"mingpt.char"},
     "mingpt.shards": BASE,  # a Hugging Face dataset -> token shards; handed its tokenizer
     "mingpt.pipeline": BASE | TRAINING - {"mingpt.runtime"} | {
-        "mingpt.data", "mingpt.model", "mingpt.shards", "mingpt.tokenizers", "mingpt.trainer"},
+        "mingpt.data", "mingpt.hellaswag", "mingpt.model", "mingpt.shards", "mingpt.tokenizers", "mingpt.trainer"},
+    "mingpt.hellaswag": BASE,  # a task's items: no model, no tokenizer
+    "mingpt.lm_eval_bridge": BASE | {"mingpt.evaluate", "mingpt.pipeline"},
     "mingpt.recipes": BASE,  # a table of overrides: data, no machinery
     "mingpt.cli": BASE | {"mingpt.recipes"},  # (it imports the jobs by name, when one runs)
 }

@@ -1,0 +1,119 @@
+"""Score a model on a task: `mingpt eval`.
+
+    mingpt eval --model=gpt2 --task=hellaswag                   # downloads the validation set once
+    mingpt eval --model=out/train --task=hellaswag --out=scores.json
+    mingpt eval --model=out/hf --task=hellaswag --data.path=my_items.jsonl --data.limit=500
+    mingpt eval --model=out/train --task=val_loss --data.dir=out/data
+
+--model takes what `mingpt sample --model=` takes: a mingpt run folder (with its tokenizer), a
+Hugging Face folder or a hub name (with its family's tokenizer). HellaSwag is scored as
+lm-evaluation-harness scores it (evaluate.py says how), so the figures compare with published
+ones: OpenAI's GPT-2 124M has acc 0.289, acc_norm 0.311 in the harness. val_loss is the mean loss
+on a `mingpt prepare` folder's val.bin, whose tokenizer must be the model's. Prints the scores;
+--out=FILE also writes them as JSON.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from mingpt import evaluate, hellaswag, runtime, tokenizers
+from mingpt.data import load_prepared
+from mingpt.model import GPT
+from mingpt.pipeline import check_same_tokenizer, encoded_task, load_for_evaluation
+from mingpt.utils import CfgNode, ConfigError, setup_logging, write_json
+
+log = logging.getLogger(__name__)
+TASKS = ("hellaswag", "val_loss")
+
+
+def get_config() -> CfgNode:
+    return CfgNode(
+        # device 'auto': cuda, mps, then cpu; dtype 'fp32' as the harness (a model's own
+        # precision), or 'bf16' / 'fp16' autocast; checkpoint: of a run folder (None: the newest)
+        system=CfgNode(seed=3407, device="auto", dtype="fp32", checkpoint=None),
+        model="",  # a mingpt run folder, a Hugging Face folder or a hub name (gpt2, ...)
+        task="hellaswag",  # or 'val_loss'
+        # path: a local HellaSwag jsonl ('': the validation set, downloaded once); dir: the
+        # `mingpt prepare` folder of val_loss; limit: the first N items (hellaswag) or batches (val_loss)
+        data=CfgNode(path="", dir="", limit=None),
+        batch_size=16,
+        out="",  # a JSON file for the scores ('': print only)
+        progress_bar=True,
+    )
+
+
+def main(config: CfgNode) -> dict:
+    setup_logging()
+    check_config(config)
+    chosen = runtime.setup(config.system.device, config.system.dtype, seed=config.system.seed)
+    model, tokenizer = load_for_evaluation(config.model, chosen.device, config.system.checkpoint)
+
+    def autocast():
+        return torch.autocast(chosen.device.type, dtype=chosen.amp_dtype, enabled=chosen.amp_dtype is not None)
+
+    if config.task == "hellaswag":
+        scores = hellaswag_scores(config, model, tokenizer, chosen.device, autocast)
+        line = f"hellaswag: acc {scores['acc']:.4f}  acc_norm {scores['acc_norm']:.4f}  n {scores['n']}"
+    else:
+        scores = val_loss_scores(config, model, chosen.device, autocast)
+        line = f"val_loss: {scores['val_loss']:.4f}  batches {scores['batches']}"
+    result = {"task": config.task, "model": config.model, **scores}
+    print(line)
+    if config.out:
+        out = Path(config.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(out, result)
+        log.info(f"wrote the scores to {out}")
+    return result
+
+
+def check_config(config: CfgNode) -> None:
+    problems = []
+    if not config.model:
+        problems.append("--model is not given; pass a mingpt run folder, a Hugging Face folder or a hub name")
+    if config.task not in TASKS:
+        problems.append(f"task={config.task!r} must be one of {', '.join(map(repr, TASKS))}")
+    if config.task == "val_loss" and not config.data.dir:
+        problems.append("task='val_loss' needs --data.dir=FOLDER, a folder made by `mingpt prepare`")
+    if config.batch_size < 1:
+        problems.append(f"batch_size={config.batch_size} must be >= 1")
+    if config.data.limit is not None and (not isinstance(config.data.limit, int) or config.data.limit < 1):
+        problems.append(f"data.limit={config.data.limit!r} must be a whole number >= 1, or None (all)")
+    if config.system.dtype not in runtime.DTYPES:
+        problems.append(f"system.dtype={config.system.dtype!r} must be one of "
+                        f"{', '.join(map(repr, runtime.DTYPES))}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def hellaswag_scores(config: CfgNode, model: GPT, tokenizer: tokenizers.Tokenizer, device: torch.device,
+                     autocast) -> dict:
+    questions = hellaswag.load(config.data.path or None, config.data.limit)
+    task = encoded_task(questions, tokenizer, model.block_size, config.batch_size, progress=config.progress_bar,
+                        whose=f"the model {config.model!r}: its")
+    log.info(f"hellaswag: {len(questions)} items, {len(task.requests)} endings to score")
+    return {**task(model, device, autocast), "data": config.data.path or hellaswag.VAL_URL}
+
+
+def val_loss_scores(config: CfgNode, model: GPT, device: torch.device, autocast) -> dict:
+    data_dir = Path(config.data.dir)
+    check_same_tokenizer(config.model, data_dir)  # (a run folder: the same tokenizer.json)
+    _, val, meta = load_prepared(data_dir, model.block_size)
+    if meta["vocab_size"] > model.config.vocab_size:
+        raise ValueError(f"the data in {str(data_dir)!r} has {meta['vocab_size']} token ids but the model "
+                         f"knows only {model.config.vocab_size}; prepare it with the model's tokenizer")
+    batches = len(val) // model.block_size
+    batches = -(-max(batches, 1) // config.batch_size)
+    if config.data.limit is not None:
+        batches = min(batches, config.data.limit)
+    loss = evaluate.val_loss(model, val, config.batch_size, batches, device, autocast)
+    return {"val_loss": loss, "batches": batches, "data": str(data_dir)}
+
+
+if __name__ == "__main__":
+    from mingpt.cli import run_job
+    sys.exit(run_job("eval", sys.argv[1:]))
