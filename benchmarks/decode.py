@@ -40,19 +40,24 @@ def timed(model: GPT, prompt: torch.Tensor, new_tokens: int, static) -> tuple[fl
 
 
 def measure(name: str, batch: int, new_tokens: int, repeats: int, prompt_len: int = 16) -> dict:
-    model = build(name)
-    prompt = torch.randint(model.config.vocab_size, (batch, prompt_len))
+    """One model and batch: each way's first call (the compiled step compiles there), then
+    `repeats` rounds of one timed call per way, taking turns so that a busy machine slows every
+    way alike; the best call of each way counts. Each way has its own copy of the model (the same
+    weights), since a model keeps one static decoder at a time."""
+    torch._dynamo.reset()
+    models = {way: build(name) for way in WAYS}
+    prompt = torch.randint(models["usual loop"].config.vocab_size, (batch, prompt_len))
     row = {"model": name, "batch": batch, "prompt": prompt_len, "new_tokens": new_tokens}
-    outputs = {}
+    outputs, first, best = {}, {}, {}
     for way, static in WAYS.items():
-        torch._dynamo.reset()
-        first_s, out = timed(model, prompt, new_tokens, static)  # the compiled step compiles here
-        best = min(timed(model, prompt, new_tokens, static)[0] for _ in range(repeats))
-        row[way] = {"tokens_per_s": batch * new_tokens / best, "seconds": best, "first_call_s": first_s}
-        if static == "default":
-            row[way]["compile_s"] = first_s - best
-        outputs[way] = out
-        model.__dict__.pop("_static_decoder", None)  # free its cache before the next way
+        first[way], outputs[way] = timed(models[way], prompt, new_tokens, static)
+    for _ in range(repeats):
+        for way, static in WAYS.items():
+            seconds, _ = timed(models[way], prompt, new_tokens, static)
+            best[way] = min(best.get(way, seconds), seconds)
+    for way in WAYS:
+        row[way] = {"tokens_per_s": batch * new_tokens / best[way], "seconds": best[way], "first_call_s": first[way]}
+    row["static compiled"]["compile_s"] = first["static compiled"] - best["static compiled"]
     row["same_tokens"] = all(torch.equal(out, outputs["usual loop"]) for out in outputs.values())
     usual, compiled = row["usual loop"], row["static compiled"]
     saved_per_token = (usual["seconds"] - compiled["seconds"]) / new_tokens

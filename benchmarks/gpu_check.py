@@ -182,7 +182,7 @@ def decode_check(sizes: Sizes, write) -> dict:
         write(result)
         print(f"decode batch {batch}: " + ", ".join(f"{k} {v:,.1f}" for k, v in row.items() if k.endswith("per_s"))
               + f" tok/s; compile {row['static_compile_s']:.1f} s", flush=True)
-        model.__dict__.pop("_static_decoder", None)
+        decode.forget(model)  # its cache, before the next batch's
     if hf is not None:  # Hugging Face's own fast path: its static cache, compiled
         for row in result["rows"]:
             prompt = prompts[:row["batch"]]

@@ -141,6 +141,11 @@ class StaticDecoder:
         if not self.sampling.greedy:
             self.noise.exponential_()
 
+    def __reduce__(self):
+        """A copy or pickle of the model keeps no decoder (its cache and compiled step are local to
+        this process): the copy builds its own when it first decodes statically."""
+        return _no_decoder, ()
+
     def chosen(self, start: int, end: int) -> torch.Tensor:
         """The tokens at positions start .. end - 1, (B, end - start): a view of the buffer, which
         the next prefill overwrites (clone it to keep it)."""
@@ -195,6 +200,17 @@ class StaticDecoder:
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=attn.attend.scale,
                                            enable_gqa=attn.attend.grouped)
         return attn.c_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+def _no_decoder() -> None:
+    return None
+
+
+def forget(model: nn.Module) -> None:
+    """Free the static decoder (its cache: n_layer x 2 x B x n_kv_head x max_len x head_dim) that
+    a model keeps after generate(..., static=...) so that the next call with the same settings
+    reuses it."""
+    model.__dict__.pop("_static_decoder", None)
 
 
 def decoder_for(model: nn.Module, batch_size: int, max_len: int, sampling: Sampling, mode: str) -> StaticDecoder:

@@ -1,6 +1,8 @@
 """Static-shape decoding (mingpt/decode.py): the same tokens as generate's usual loop, eager and
 compiled, with the model options; sampling that is seeded, faithful to its distribution and inside
 top-k / top-p; refusals; and the CPU default left as it is."""
+import copy
+
 import pytest
 import torch
 
@@ -60,6 +62,17 @@ def test_static_greedy_tokens_equal_generate_compiled_and_compile_once(name):
     other = torch.randint(50, (2, 9))
     assert torch.equal(model.generate(other, 14, static="default"), model.generate(other, 14, static=False))
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames, "the step compiled again"
+
+
+def test_a_copy_of_the_model_keeps_no_decoder_and_forget_frees_it():
+    model = model_with(None)
+    prompt = torch.randint(50, (1, 4))
+    model.generate(prompt, 5, static=True)
+    twin = copy.deepcopy(model)
+    assert twin.__dict__["_static_decoder"] is None
+    assert torch.equal(twin.generate(prompt, 5, static=True), model.generate(prompt, 5, static=False))
+    decode.forget(model)
+    assert "_static_decoder" not in model.__dict__
 
 
 def test_sampled_static_decoding_with_a_fixed_seed_is_reproducible():
