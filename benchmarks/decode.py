@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
+from pathlib import Path
 
 import torch
 
@@ -66,6 +68,15 @@ def measure(name: str, batch: int, new_tokens: int, repeats: int, prompt_len: in
     return row
 
 
+def cpu_name() -> str:
+    """The CPU's model name, as lscpu shows it (Linux), else what platform knows."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES))
@@ -85,8 +96,8 @@ def main() -> None:
               + " ".join(f"{r[w]['tokens_per_s']:22.1f}" for w in WAYS)
               + f" {r['static compiled']['compile_s']:9.1f} {('never' if pays is None else f'{pays:.0f}'):>9} "
               + f"{r['same_tokens']}")
-    machine = {"processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-               "torch": torch.__version__}
+    machine = {"processor": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+               "load_average_1min": os.getloadavg()[0]}  # (a shared machine: its load says how far to trust this)
     with open(args.out, "w") as f:
         json.dump({"machine": machine, "rows": rows}, f, indent=2)
     print(f"wrote {args.out}")
