@@ -84,6 +84,14 @@ def choose_next(logits: torch.Tensor, temperature: float = 1.0, do_sample: bool 
     likely tokens and/or the smallest set whose probability reaches top_p."""
     if not do_sample or temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
+    return torch.multinomial(filtered_logits(logits, temperature, top_k, top_p).softmax(dim=-1), num_samples=1)
+
+
+def filtered_logits(logits: torch.Tensor, temperature: float, top_k: int | None = None,
+                    top_p: float | None = None) -> torch.Tensor:
+    """The logits (B, vocab) a draw is made from: divided by temperature (> 0), with -inf for
+    the tokens outside the top_k most likely and outside the smallest set reaching top_p.
+    Every shape is fixed by the vocabulary, so a compiled decoding step can do this too."""
     logits = logits / temperature
     if top_k is not None:
         kth_best = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
@@ -95,7 +103,7 @@ def choose_next(logits: torch.Tensor, temperature: float = 1.0, do_sample: bool 
         drop_sorted = cumulative - sorted_logits.softmax(dim=-1) >= top_p
         drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)  # back to vocab order
         logits = logits.masked_fill(drop, float("-inf"))
-    return torch.multinomial(logits.softmax(dim=-1), num_samples=1)
+    return logits
 
 
 def decoding(model: nn.Module, steps: int) -> ContextManager:

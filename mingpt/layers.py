@@ -29,6 +29,10 @@ class LearnedPositions(nn.Embedding):
         pos = torch.arange(start, start + x.size(1), dtype=torch.long, device=x.device)
         return x + super().forward(pos)
 
+    def at_positions(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Like forward, with the positions as a (T,) tensor (static-shape decoding, decode.py)."""
+        return x + super().forward(positions)
+
 
 class NoPositions(nn.Module):
     """Nothing added to the tokens: with rotary embeddings the attention itself sees positions."""
@@ -39,6 +43,9 @@ class NoPositions(nn.Module):
     def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
         return x
 
+    def at_positions(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return x
+
 
 class NoRotation(nn.Module):
     """Queries and keys as they are (learned positions were added to the tokens already)."""
@@ -47,6 +54,11 @@ class NoRotation(nn.Module):
         super().__init__()
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        return q, k
+
+    def at_positions(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like forward, with the positions as a (T,) tensor (static-shape decoding, decode.py)."""
         return q, k
 
 
@@ -66,13 +78,24 @@ class Rotary(NoRotation):
         """q (B, n_head, T, head_dim), k (B, n_kv_head, T, head_dim) at positions start .. start + T - 1."""
         key = (start, q.size(2), q.device, q.dtype)
         if self._angles[0] != key:
-            half = self.head_dim // 2
-            inv_freq = self.base ** -(torch.arange(half, device=q.device, dtype=torch.float32) / half)
             pos = torch.arange(start, start + q.size(2), device=q.device, dtype=torch.float32)
-            angles = torch.outer(pos, inv_freq)  # (T, head_dim / 2)
-            self._angles = (key, angles.cos().to(q.dtype), angles.sin().to(q.dtype))
+            self._angles = (key, *self.cos_sin(pos, q.dtype))
         _, cos, sin = self._angles
         return self.rotate(q, cos, sin), self.rotate(k, cos, sin)
+
+    def at_positions(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like forward, with the positions as a (T,) tensor: the angles are computed from it
+        every call (a few tiny ops), so that a compiled step never branches on a position."""
+        cos, sin = self.cos_sin(positions.to(torch.float32), q.dtype)
+        return self.rotate(q, cos, sin), self.rotate(k, cos, sin)
+
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cosines and sines of positions (T,) float32 times each pair's frequency: (T, head_dim / 2)."""
+        half = self.head_dim // 2
+        inv_freq = self.base ** -(torch.arange(half, device=positions.device, dtype=torch.float32) / half)
+        angles = torch.outer(positions, inv_freq)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
 
     @staticmethod
     def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from mingpt import layers, pretrained
+from mingpt import decode, layers, pretrained
 from mingpt.generate import KVCache, check_request, choose_next, decoding
 from mingpt.utils import CfgNode
 
@@ -289,23 +289,32 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  do_sample: bool = False, top_k: int | None = None, top_p: float | None = None,
-                 use_cache: bool = True) -> torch.Tensor:
+                 use_cache: bool = True, static: bool | str | None = None) -> torch.Tensor:
         """Continue each row of idx (B, T) by max_new_tokens tokens; returns (B, T + max_new_tokens).
 
         Greedy by default; do_sample=True samples from the softmax at `temperature`, restricted to
         the top_k most likely tokens and/or the smallest set whose probability reaches top_p.
-        Call model.eval() first to switch dropout off.
+        Call model.eval() first to switch dropout off. static=True decodes with a fixed-shape step
+        that compiles once (decode.py; a compile mode such as "reduce-overhead" picks how);
+        static=None leaves the choice to decode.wanted.
         """
         new = list(self.generate_stream(idx, max_new_tokens, temperature, do_sample, top_k, top_p,
-                                        use_cache))
+                                        use_cache, static))
         return torch.cat([idx, *new], dim=1)
 
     @torch.inference_mode()  # like no_grad, and also skips autograd's bookkeeping of versions and views
     def generate_stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                         do_sample: bool = False, top_k: int | None = None,
-                        top_p: float | None = None, use_cache: bool = True) -> Iterator[torch.Tensor]:
+                        top_p: float | None = None, use_cache: bool = True,
+                        static: bool | str | None = None) -> Iterator[torch.Tensor]:
         """Like generate(), but yields each new token, shape (B, 1), as soon as it is chosen."""
         check_request(idx, temperature, top_k, top_p)
+        if decode.wanted(self, idx, max_new_tokens, use_cache, static):
+            sampling = decode.Sampling(do_sample, temperature, top_k, top_p)
+            for token in decode.generate(self, idx, max_new_tokens, sampling, True if static is None else static):
+                with torch.inference_mode(False):
+                    yield token.clone()
+            return
         cache = None
         if use_cache and idx.size(1) < self.block_size:
             p, c = next(self.parameters()), self.config
