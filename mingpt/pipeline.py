@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from mingpt import distributed, tokenizers
+from mingpt import diloco, distributed, tokenizers
 from mingpt.data import TokenStream, check_val_fraction, corpus_path, load_prepared, prepare_corpus, read_pieces
 from mingpt.model import GPT
 from mingpt.run_folder import RunFolder
@@ -46,6 +46,7 @@ def train_config() -> CfgNode:
     C.trainer.lr_decay = True  # cosine (minGPT's default is a constant rate)
     C.trainer.betas = (0.9, 0.99)
     C.sample = CfgNode(prompt="", max_new_tokens=200, temperature=1.0, top_k=50)
+    C.diloco = diloco.get_default_config()  # off (sync_every=0); mingpt/diloco.py
     return C
 
 
@@ -150,10 +151,11 @@ def train_and_sample(config: CfgNode, model: GPT, tokenizer: tokenizers.Tokenize
     """Train model into the run folder config.system.work_dir (which also keeps the tokenizer, for
     `mingpt sample`), then print a sample of config.sample.max_new_tokens tokens."""
     s = config.system
-    run = RunFolder(s.work_dir)
+    diloco_config = getattr(config, "diloco", None)
+    run = RunFolder(diloco.worker_folder(s.work_dir, diloco_config))  # (a DiLoCo worker > 0: its own)
     run.prepare(s.resume, s.overwrite)
     trainer = Trainer(config.trainer, model, train, val, work_dir=run, run_config=config.to_dict(),
-                      resume=s.resume, checkpoint=s.checkpoint)
+                      resume=s.resume, checkpoint=s.checkpoint, diloco=diloco_config)
     if trainer.is_main:
         run.save_tokenizer(tokenizer)
     summary = trainer.run()
