@@ -13,9 +13,10 @@ model's fragments in turn (arXiv 2501.18512). The Trainer sees one more strategy
     one box: mingpt diloco --workers=2 chargpt --diloco.sync_every=20          (mingpt/jobs/diloco.py)
 
 What crosses the network is counted (comm_bytes, from the algorithm's own figures): a ring
-all-reduce of S bytes sends 2(n-1)/n x S per worker; the packed exchanges (bf16, int8) all-gather
-the packed outer gradients, (n-1) x packed bytes, and add them up in fp32 on every worker, so all
-arrive at the same sum bit for bit.
+all-reduce of S bytes sends 2(n-1)/n x S per worker. The packed exchanges (bf16, int8) send as
+much of the packed bytes: an all-to-all hands worker j the j-th n-th of everyone's packed outer
+gradient, which it adds up in fp32, packs again and all-gathers, so every worker ends with the
+same mean bit for bit.
 """
 from __future__ import annotations
 
@@ -107,6 +108,20 @@ def require_torchft() -> None:
         raise ConfigError(f"diloco.sync_every needs torchft, which is not installed; {INSTALL}") from None
 
 
+def check(c: CfgNode) -> None:
+    """Refuse, in one line, a DiLoCo section that cannot run here: a wrong value, no torchft, no
+    lighthouse to join. (Called before anything is written.)"""
+    problems = config_problems(c)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    require_torchft()
+    if LIGHTHOUSE_ENV not in os.environ:
+        raise ConfigError(f"diloco.sync_every={c.sync_every} needs a lighthouse: set "
+                          f"{LIGHTHOUSE_ENV}=http://HOST:29510 (torchft_lighthouse --min_replicas 1), or "
+                          f"start the workers with `mingpt diloco --workers=N JOB ...`")
+    worker_id(c)
+
+
 def worker_id(c: CfgNode) -> int:
     """This worker's id: diloco.worker_id, else REPLICA_GROUP_ID, else 0."""
     value = c.worker_id if c.worker_id is not None else os.environ.get(WORKER_ENV, "0")
@@ -179,17 +194,10 @@ class DiLoCo:
     name = "diloco"
 
     def __init__(self, inner: Any, config: CfgNode, run_config: dict, place: Place) -> None:
-        problems = config_problems(config)
-        if problems:
-            raise ConfigError("; ".join(problems))
-        require_torchft()
+        check(config)
         if inner.name == "fsdp":
             raise ConfigError("diloco.sync_every with trainer.fsdp=True is not supported; a DiLoCo worker "
                               "trains alone or with DDP (leave trainer.fsdp off)")
-        if LIGHTHOUSE_ENV not in os.environ:
-            raise ConfigError(f"diloco.sync_every={config.sync_every} needs a lighthouse: set "
-                              f"{LIGHTHOUSE_ENV}=http://HOST:29510 (torchft_lighthouse --min_replicas 1), or "
-                              f"start the workers with `mingpt diloco --workers=N JOB ...`")
         self.inner, self.config, self.place = inner, config, place
         self.shares_evaluation = inner.shares_evaluation
         self.worker = worker_id(config)
@@ -359,7 +367,7 @@ def _manager_class() -> type:
     the outer gradient (bf16, int8) and refusing a quorum with a worker of other settings."""
     if _manager_classes:
         return _manager_classes[0]
-    from torch.distributed.distributed_c10d import AllgatherOptions, ReduceOp
+    from torch.distributed.distributed_c10d import AllgatherOptions, AllToAllOptions, ReduceOp
     from torchft.manager import Manager
     from torchft.work import _DummyWork
 
@@ -368,7 +376,7 @@ def _manager_class() -> type:
             super().__init__(*args, **kwargs)
             self.packing, self.fragments, self.config_hash = packing, fragments, config_hash
             self.comm_bytes, self.syncs = 0, 0
-            self.residuals: dict[tuple[int, int], torch.Tensor] = {}  # int8's error feedback, per fragment
+            self.residuals: dict[tuple, torch.Tensor] = {}  # int8's error feedback, per fragment and stage
             self._client = _CheckedClient(self._client, f"mingpt{config_hash}")
 
         def allreduce(self, tensor: torch.Tensor, should_quantize: bool = False,
@@ -384,20 +392,41 @@ def _manager_class() -> type:
             if not self.is_participating():
                 tensor.zero_()
             try:
-                key = (self.current_step() % self.fragments, tensor.numel())
-                residual = self.residuals.setdefault(key, torch.zeros(tensor.numel())) if self.packing == "int8" else None
-                payload = pack(tensor, self.packing, residual)
-                gathered = [torch.empty_like(payload) for _ in range(n)]
-                self._pg.allgather([gathered], [payload], AllgatherOptions()).wait()
-                total = torch.zeros(tensor.numel())
-                for part in gathered:  # in rank order: the same sum on every worker
-                    total += unpack(part, self.packing)
-                tensor.copy_((total / n if reduce_op == ReduceOp.AVG else total).view_as(tensor))
-                self.comm_bytes += (n - 1) * payload.numel()
+                tensor.copy_(self._packed_mean(tensor.reshape(-1), n, reduce_op == ReduceOp.AVG).view_as(tensor))
             except Exception as e:  # a peer died mid-exchange: this round is not committed
                 self._logger.exception(f"packed exchange failed -- skipping this sync: {e}")
                 self.report_error(e)
             return _DummyWork(tensor)
+
+        def _packed_mean(self, flat: torch.Tensor, n: int, average: bool) -> torch.Tensor:
+            """The sum (or mean) over the n workers of flat, each n-th packed on the wire twice:
+            all-to-all (worker j receives everyone's j-th segment, adds them up in fp32), then
+            all-gather of the segments' packed sums. int8 keeps error feedback at both packings."""
+            numel, segment = flat.numel(), -(-flat.numel() // n)
+            padded = torch.zeros(segment * n)
+            padded[:numel] = flat
+            fragment = self.current_step() % self.fragments
+            residual = self._residual(("sent", fragment, padded.numel()), padded.numel())
+            parts = [pack(padded[j * segment:(j + 1) * segment], self.packing,
+                          None if residual is None else residual[j * segment:(j + 1) * segment]) for j in range(n)]
+            size = parts[0].numel()
+            received = torch.empty(size * n, dtype=torch.uint8)
+            self._pg.alltoall_base(received, torch.cat(parts), [size] * n, [size] * n, AllToAllOptions()).wait()
+            mine = torch.zeros(segment)
+            for j in range(n):  # in rank order: the same sum on every worker
+                mine += unpack(received[j * size:(j + 1) * size], self.packing)
+            if average:
+                mine /= n
+            packed = pack(mine, self.packing, self._residual(("summed", fragment, segment), segment))
+            gathered = [torch.empty_like(packed) for _ in range(n)]
+            self._pg.allgather([gathered], [packed], AllgatherOptions()).wait()
+            self.comm_bytes += 2 * (n - 1) * size  # (n-1) segments out in each of the two exchanges
+            return torch.cat([unpack(g, self.packing) for g in gathered])[:numel]
+
+        def _residual(self, key: tuple, numel: int) -> torch.Tensor | None:
+            if self.packing != "int8":
+                return None
+            return self.residuals.setdefault(key, torch.zeros(numel))
 
         def should_commit(self, timeout: timedelta | None = None) -> bool:
             committed = super().should_commit(timeout)

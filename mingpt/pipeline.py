@@ -152,6 +152,8 @@ def train_and_sample(config: CfgNode, model: GPT, tokenizer: tokenizers.Tokenize
     `mingpt sample`), then print a sample of config.sample.max_new_tokens tokens."""
     s = config.system
     diloco_config = getattr(config, "diloco", None)
+    if diloco.enabled(diloco_config):
+        diloco.check(diloco_config)  # (before the run folder is touched)
     run = RunFolder(diloco.worker_folder(s.work_dir, diloco_config))  # (a DiLoCo worker > 0: its own)
     run.prepare(s.resume, s.overwrite)
     trainer = Trainer(config.trainer, model, train, val, work_dir=run, run_config=config.to_dict(),

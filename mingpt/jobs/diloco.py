@@ -86,6 +86,7 @@ def main_args(args: list[str]) -> int:
     if not s.resume and not s.overwrite and RunFolder(work_dir).holds_run():
         raise FileExistsError(f"{str(work_dir)!r} already holds a run; continue it with --system.resume=true, "
                               f"start over with --system.overwrite=true, or choose another --system.work_dir")
+    os.environ.setdefault("RUST_LOG", "warn")  # (torchft's lighthouse logs every quorum at info)
     from torchft.coordination import LighthouseServer
 
     lighthouse = LighthouseServer(bind=f"[::]:{c.port}", min_replicas=config.diloco.min_workers,
