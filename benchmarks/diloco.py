@@ -69,11 +69,17 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "diloco.json"))
     args = parser.parse_args()
     chosen = [r for r in RUNS if not args.only or r[0] in args.only.split(",")]
+    # runs of the same length already in --out are kept (the others replaced): --only adds to them
+    out = Path(args.out)
+    earlier = json.loads(out.read_text()) if out.exists() else {}
+    kept = [r for r in earlier.get("runs", []) if earlier.get("iters") == args.iters
+            and r["name"] not in {name for name, _ in chosen}]
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for i, (name, diloco) in enumerate(chosen):
             rows.append(run(name, diloco, args.iters, Path(scratch) / str(i)))
             print(f"done: {rows[-1]['name']}: val {rows[-1]['best_val_loss']:.4f}", file=sys.stderr, flush=True)
+    rows = sorted(kept + rows, key=lambda r: [name for name, _ in RUNS].index(r["name"]))
     ddp = next((r for r in rows if r["name"] == "DDP"), None)
     print(f"\n{args.iters} iterations, 2 processes x batch 12 x block 64, gpt-micro, char Tiny Shakespeare\n")
     print(f"{'run':20s} {'best val':>9s} {'vs DDP':>7s} {'comm_bytes':>14s} {'DDP / it':>9s} {'syncs':>6s} "
@@ -83,10 +89,10 @@ def main() -> None:
             r["val_vs_ddp"] = r["best_val_loss"] / ddp["best_val_loss"] - 1
             r["bytes_cut"] = ddp["comm_bytes"] / max(r["comm_bytes"], 1)
         print(f"{r['name']:20s} {r['best_val_loss']:9.4f} {r.get('val_vs_ddp', 0):+7.2%} {r['comm_bytes']:14,d} "
-              f"{r.get('bytes_cut', 1):8.1f}x {r['syncs']:6d} {r['ms_per_iter']:8.1f} {r['command_s']:10.1f}")
+              f"{r.get('bytes_cut', 1):8.1f}x {r['syncs']:6d} {r['ms_per_iter']:8.1f} {r['command_s'] or 0:10.1f}")
     result = {"iters": args.iters, "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
               "python": platform.python_version(), "runs": rows}
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.out}")
 
 

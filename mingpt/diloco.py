@@ -199,6 +199,13 @@ class DiLoCo:
             raise ConfigError("diloco.sync_every with trainer.fsdp=True is not supported; a DiLoCo worker "
                               "trains alone or with DDP (leave trainer.fsdp off)")
         self.inner, self.config, self.place = inner, config, place
+        trainer = run_config.get("trainer") or {}
+        for key in ("max_iters", "eval_interval"):  # (evaluations and the end see agreed weights then)
+            value = trainer.get(key)
+            if isinstance(value, int) and value % config.sync_every and place.is_main:
+                log.warning(f"trainer.{key}={value} is not a multiple of diloco.sync_every={config.sync_every}: "
+                            f"{'the run ends' if key == 'max_iters' else 'evaluations and checkpoints come'} "
+                            f"mid-round, on this worker's own weights")
         self.shares_evaluation = inner.shares_evaluation
         self.worker = worker_id(config)
         self.config_hash = config_hash(run_config)
