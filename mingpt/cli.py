@@ -25,6 +25,7 @@ JOBS = {
     "sample": ("mingpt.jobs.sample", "sample text from a trained run or a pretrained model"),
     "eval": ("mingpt.jobs.eval", "score a model: HellaSwag as lm-evaluation-harness does, or val loss"),
     "bench": ("mingpt.jobs.bench", "speed benchmarks: mingpt against Hugging Face and a reference loop"),
+    "diloco": ("mingpt.jobs.diloco", "a DiLoCo group on this machine: a lighthouse and N workers of a training job"),
 }
 
 # errors a user can cause (a bad value, a missing file, no network): shown as one line
@@ -80,6 +81,8 @@ def run_job(job: str, args: list[str]) -> int:
     module = importlib.import_module(JOBS[job][0])
     config = module.get_config()
     try:
+        if hasattr(module, "main_args"):  # a job that runs other jobs reads its command line itself
+            return module.main_args(args)
         args = take_recipe(job, config, args)  # (first: the command line's overrides win)
         if "--help" in args or "-h" in args:  # the defaults, with the recipe's if one is named
             notes = getattr(module, "help_notes", None)  # a job may explain its keys' values further

@@ -147,6 +147,12 @@ def no_sync(model: nn.Module, skip: bool) -> ContextManager:
     return model.no_sync() if skip and isinstance(model, DistributedDataParallel) else nullcontext()
 
 
+def ring_allreduce_bytes(nbytes: int, n: int) -> int:
+    """Bytes one of n ranks sends in a ring all-reduce of nbytes (a reduce-scatter, then an
+    all-gather: each n-1 chunks of nbytes / n), the figure comm_bytes counts."""
+    return 2 * (n - 1) * nbytes // n if n > 1 else 0
+
+
 # -- agreeing and exchanging ---------------------------------------------------------------------------
 def total(tensor: torch.Tensor) -> torch.Tensor:
     """The sum of tensor over the ranks, in place (tensor itself in one process)."""

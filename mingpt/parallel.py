@@ -6,7 +6,10 @@ after_step after every optimizer step, and asks the strategy for the whole state
     Single  one process: the model as it is
     DDP     every rank holds the whole model; backward averages the gradients (distributed.replicate)
     FSDP    weights, gradients and optimizer state sharded over the ranks (distributed.shard)
-A new way to train together (e.g. DiLoCo's outer steps across machines) is one more Strategy.
+    DiLoCo  workers apart for H steps, then an outer step together (mingpt/diloco.py, torchft)
+A strategy may also take part in the start (start), choose each iteration's batches
+(before_draw), count what it sends (counters: comm_bytes, syncs) and keep state in checkpoints
+(checkpoint_state): Single's do nothing, so the plain path pays for none of them.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import torch.nn as nn
 
 from mingpt import distributed
 from mingpt.distributed import Place
+from mingpt.utils import CfgNode
 
 
 class Single:
@@ -52,6 +56,28 @@ class Single:
         load_state_dict)."""
         return None
 
+    def start(self, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+              live_state: Callable[[], dict], load_live_state: Callable[[dict], None]) -> None:
+        """Called once the optimizer is built, before a resumed run's state is loaded. live_state /
+        load_live_state read and set the trainer's whole state (for healing a peer)."""
+
+    def before_draw(self, generator: torch.Generator, iteration: int) -> None:
+        """Called before each iteration's batch is drawn from generator."""
+
+    def counters(self, iterations: int) -> dict[str, int]:
+        """Figures for metrics rows and summary.json after `iterations` iterations (comm_bytes)."""
+        return {}
+
+    def checkpoint_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """The strategy's own state to checkpoint: (JSON-able, tensors)."""
+        return {}, {}
+
+    def load_checkpoint_state(self, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+        """Take back what checkpoint_state saved."""
+
+    def close(self) -> None:
+        """Called when run() ends, however it ends."""
+
 
 class DDP(Single):
     """Distributed data parallel: each rank trains the whole model on its rows of every batch,
@@ -62,12 +88,20 @@ class DDP(Single):
 
     def wrap(self, model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None,
              compile: bool) -> nn.Module:
+        # what one all-reduce of all the gradients sends from this rank (fp32, as DDP reduces them)
+        grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+        self.bytes_per_step = distributed.ring_allreduce_bytes(grad_bytes, distributed.place().world_size)
         # DDP around the compiled model, as nanoGPT does: DDP's no_sync then works as in eager mode
-        return distributed.replicate(super().wrap(model, device, amp_dtype, compile), device)
+        return distributed.replicate(Single.wrap(self, model, device, amp_dtype, compile), device)
 
     def no_sync(self, step_model: nn.Module, last_micro_batch: bool) -> ContextManager:
         # gradients are averaged once per step, in the last micro-batch's backward
         return distributed.no_sync(step_model, skip=not last_micro_batch)
+
+    def counters(self, iterations: int) -> dict[str, int]:
+        """Bytes this rank sent in the gradient all-reduces (one per optimizer step, counted as a
+        ring all-reduce sends: 2(n-1)/n x the gradients' bytes), and the syncs (every step)."""
+        return {"comm_bytes": iterations * self.bytes_per_step, "syncs": iterations}
 
 
 class FSDP(Single):
@@ -90,8 +124,11 @@ class FSDP(Single):
         return partial(distributed.load_full_optimizer_state, model, optimizer)
 
 
-def choose(fsdp: bool, place: Place) -> Single:
-    """The strategy of a job of place.world_size processes (trainer.fsdp picks FSDP over DDP)."""
-    if place.world_size == 1:
-        return Single()
-    return FSDP() if fsdp else DDP()
+def choose(fsdp: bool, place: Place, diloco: CfgNode | None = None, run_config: dict | None = None) -> Single:
+    """The strategy of a job of place.world_size processes (trainer.fsdp picks FSDP over DDP);
+    with diloco.sync_every set, that strategy inside a DiLoCo worker."""
+    inner = Single() if place.world_size == 1 else FSDP() if fsdp else DDP()
+    if diloco is None or not diloco.sync_every:
+        return inner
+    from mingpt.diloco import DiLoCo  # (only when asked: it needs torchft)
+    return DiLoCo(inner, diloco, run_config or {}, place)

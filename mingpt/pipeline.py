@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from mingpt import distributed, evaluate, hellaswag, shards, tokenizers
+from mingpt import diloco, distributed, evaluate, hellaswag, shards, tokenizers
 from mingpt.data import TokenStream, check_val_fraction, corpus_path, load_prepared, prepare_corpus, read_pieces
 from mingpt.model import GPT
 from mingpt.run_folder import RunFolder
@@ -52,6 +52,7 @@ def train_config() -> CfgNode:
     # the task that --trainer.eval_task names (hellaswag): path, a local jsonl ('': the validation
     # set, downloaded once); limit, its first N items (None: all); batch_size, endings per forward
     C.task = CfgNode(path="", limit=None, batch_size=16)
+    C.diloco = diloco.get_default_config()  # off (sync_every=0); mingpt/diloco.py
     return C
 
 
@@ -179,10 +180,13 @@ def train_and_sample(config: CfgNode, model: GPT, tokenizer: tokenizers.Tokenize
     """Train model into the run folder config.system.work_dir (which also keeps the tokenizer, for
     `mingpt sample`), then print a sample of config.sample.max_new_tokens tokens."""
     s = config.system
-    run = RunFolder(s.work_dir)
+    diloco_config = getattr(config, "diloco", None)
+    if diloco.enabled(diloco_config):
+        diloco.check(diloco_config)  # (before the run folder is touched)
+    run = RunFolder(diloco.worker_folder(s.work_dir, diloco_config))  # (a DiLoCo worker > 0: its own)
     run.prepare(s.resume, s.overwrite)
     trainer = Trainer(config.trainer, model, train, val, work_dir=run, run_config=config.to_dict(),
-                      resume=s.resume, checkpoint=s.checkpoint,
+                      resume=s.resume, checkpoint=s.checkpoint, diloco=diloco_config,
                       eval_task=eval_task_for(config, tokenizer, model.block_size))
     if trainer.is_main:
         run.save_tokenizer(tokenizer)

@@ -98,11 +98,15 @@ class Trainer:
     def __init__(self, config: CfgNode, model: nn.Module, train_dataset: Dataset,
                  val_dataset: Dataset | None = None, work_dir: str | Path | RunFolder | None = None,
                  run_config: dict | None = None, resume: bool = False, overwrite: bool = False,
-                 checkpoint: str | None = None, eval_task: EvalTask | None = None) -> None:
+                 checkpoint: str | None = None, eval_task: EvalTask | None = None,
+                 diloco: CfgNode | None = None) -> None:
         """work_dir: the run folder (None writes nothing). A folder that already holds a run is
         refused unless resume=True (continue from its newest intact checkpoint, or the one
         `checkpoint` names, exactly) or overwrite=True (start over). eval_task: the task that
         config.eval_task names (evaluate.MultipleChoiceTask, or any such callable).
+
+        diloco: a DiLoCo section (mingpt/diloco.py); with its sync_every set, this run is one
+        worker of a DiLoCo group (torchft), and writes the run folder it is given.
 
         Nothing happens until run(): then the process is set up (runtime.setup: under torchrun it
         joins the job, see mingpt/distributed.py) and the run folder prepared.
@@ -122,7 +126,6 @@ class Trainer:
         chosen = runtime.choose(config.device, config.dtype)  # (worked out; nothing is changed)
         self.place, self.device, self.amp_dtype = chosen.place, chosen.device, chosen.amp_dtype
         self.grad_accum_steps = resolve_accumulation(config, self.place.world_size)
-        self.strategy = parallel.choose(config.fsdp, self.place)
         self.model = model
         self.train_dataset = train_dataset
         self.val_dataset = val_dataset
@@ -133,6 +136,9 @@ class Trainer:
             **(run_config if run_config is not None else {"trainer": config.to_dict()}),
             "resolved": {"world_size": self.place.world_size, "grad_accum_steps": self.grad_accum_steps,
                          "global_batch_size": global_batch, "dtype": runtime.dtype_name(self.amp_dtype)}}
+        if diloco is not None and "diloco" not in self.run_config:
+            self.run_config["diloco"] = diloco.to_dict()
+        self.strategy = parallel.choose(config.fsdp, self.place, diloco, self.run_config)
         self.callbacks: dict[str, list[Callable[[Trainer], None]]] = defaultdict(list)
         self.optimizer: torch.optim.Optimizer | None = None
         self.scaler: torch.amp.GradScaler | None = None
@@ -224,6 +230,7 @@ class Trainer:
                 while (c.max_iters is None or self.iter_num < c.max_iters) and not stopping:
                     lr = self.lr_at(self.iter_num)
                     optim.apply_schedule(self.optimizer, self.iter_num, c, lr)  # lr, Muon's momentum
+                    self.strategy.before_draw(self.generator, self.iter_num)  # (DiLoCo: each worker its own)
                     self.loss, tokens_per_iter = self._step(next(batches))  # no host sync per step
                     window.paused += self._compile_seconds()
                     window.losses.append(self.loss)
@@ -249,6 +256,7 @@ class Trainer:
                         self._save_checkpoint(best=improved)
         finally:
             progress.close()
+            self.strategy.close()
             if self.run_folder is not None:
                 self.run_folder.close_metrics()
         if self._signal is not None:
@@ -303,6 +311,7 @@ class Trainer:
         # (Sharded, a rank sees only its shards' gradients: DTensor takes the overflow flag's
         # maximum over the ranks, so all skip a step together.)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.strategy.start(self.model, self.optimizer, self.generator, self._live_state, self._load_live_state)
         if self.resume:
             self._restore(meta, folder)
         if self.run_folder is not None and self.is_main:
@@ -421,7 +430,7 @@ class Trainer:
     def _write_row(self, window: _LogWindow, done: int, lr: float, tokens_per_iter: int, run_start: float,
                    progress: tqdm) -> _LogWindow:
         """Close the logging window into a metrics row (metrics.jsonl); returns the next window."""
-        row = window.close(done, lr, tokens_per_iter, self._pending)
+        row = window.close(done, lr, tokens_per_iter, {**self._pending, **self.strategy.counters(done)})
         row["elapsed_s"] = time.time() - run_start
         self.train_seconds += row["ms"] * (done - window.start_iter) / 1000
         self._pending = {}
@@ -440,6 +449,7 @@ class Trainer:
             "ms_per_iter": 1000 * self.train_seconds / max(self.iter_num, 1),
             "tokens_per_s": tokens_per_iter * self.iter_num / max(self.train_seconds, 1e-9),
             "final_loss": self.metrics[-1]["loss"] if self.metrics else None,
+            **self.strategy.counters(self.iter_num),
             **self.summary,
             "stop_reason": self.stop_reason or "max_iters",
         }
@@ -459,6 +469,7 @@ class Trainer:
             return
         rng_states = distributed.gather(checkpoint.rng_state())
         weights, optimizer_state = self.strategy.full_state(self.model, self.optimizer)
+        strategy_state, strategy_tensors = self.strategy.checkpoint_state()  # (DiLoCo: the outer state)
 
         def write() -> None:
             rng_json, rng_tensors = checkpoint.pack_rng_states(rng_states)
@@ -467,8 +478,8 @@ class Trainer:
                      "train_seconds": self.train_seconds, "run_seconds": time.time() - self._clock_origin,
                      "optimizer_kind": optimizer_kind(self.optimizer), "summary": self.summary, "rng": rng_json,
                      "grad_scaler": self.scaler.state_dict(), "run_config": self.run_config,
-                     "metrics": self.metrics}
-            tensors = {**rng_tensors, "data.generator": self.generator.get_state()}
+                     "metrics": self.metrics, "strategy": strategy_state}
+            tensors = {**rng_tensors, **strategy_tensors, "data.generator": self.generator.get_state()}
             self.run_folder.save_checkpoint(self.model, self.iter_num, keep_last=self.config.keep_last,
                                             best=best, extra=state, optimizer=self.optimizer, tensors=tensors,
                                             weights=weights, optimizer_state=optimizer_state)
@@ -493,6 +504,7 @@ class Trainer:
         loader = self.strategy.optimizer_state_loader(self.model, self.optimizer)
         tensors = checkpoint.load_state(folder, self.optimizer, loader)
         self.generator.set_state(tensors["data.generator"])
+        self.strategy.load_checkpoint_state(meta.get("strategy") or {}, tensors)
         rng = checkpoint.unpack_rng_state(meta["rng"], tensors, self.place.rank)
         if rng is None:
             log.warning(f"the checkpoint holds no RNG state for rank {self.place.rank} (it was saved by "
@@ -510,6 +522,22 @@ class Trainer:
         self.metrics = meta["metrics"]  # metrics.jsonl is rewritten from these: rows after the
         # checkpoint (or a row cut short by a kill) are dropped, and the resumed run writes them anew
         log.info(f"resuming from {folder} (iteration {self.iter_num})")
+
+
+    # -- the whole state, handed to a DiLoCo peer that heals from this run ---------------------------------
+    def _live_state(self) -> dict[str, Any]:
+        """What a worker joining late takes from this one (DiLoCo's healing): weights, optimizer
+        moments, the iteration (and with it the schedule and the data position), the loss scale."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "iter_num": self.iter_num, "grad_scaler": self.scaler.state_dict()}
+
+    def _load_live_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["grad_scaler"])
+        if self.is_main:
+            log.info(f"healed from a live peer: iteration {self.iter_num} -> {state['iter_num']}")
+        self.iter_num = state["iter_num"]
 
 
 def draw_batches(dataset: Dataset, generator: torch.Generator, place: Place, rows_per_rank: int,

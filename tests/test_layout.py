@@ -9,8 +9,8 @@ from helpers import PROJECT_ROOT
 
 PACKAGE = PROJECT_ROOT / "mingpt"
 BASE = {"mingpt.utils"}  # what everything may use
-TRAINING = {"mingpt.checkpoint", "mingpt.distributed", "mingpt.evaluate", "mingpt.kernels", "mingpt.optim",
-            "mingpt.parallel", "mingpt.run_folder", "mingpt.runtime", "mingpt.tracking"}
+TRAINING = {"mingpt.checkpoint", "mingpt.diloco", "mingpt.distributed", "mingpt.evaluate", "mingpt.kernels",
+            "mingpt.optim", "mingpt.parallel", "mingpt.run_folder", "mingpt.runtime", "mingpt.tracking"}
 # module -> the mingpt modules it may import (jobs: anything but other jobs; see RULES_FOR)
 RULES = {
     "mingpt": {"mingpt.model", "mingpt.trainer", "mingpt.utils"},
@@ -38,7 +38,8 @@ RULES = {
     "mingpt.run_folder": BASE | {"mingpt.checkpoint", "mingpt.distributed"},
     "mingpt.distributed": BASE,
     "mingpt.optim": BASE,
-    "mingpt.parallel": BASE | {"mingpt.distributed"},
+    "mingpt.parallel": BASE | {"mingpt.distributed", "mingpt.diloco"},  # (diloco: only when it is asked for)
+    "mingpt.diloco": BASE | {"mingpt.distributed"},  # torchft itself only inside, when enabled
     "mingpt.runtime": BASE | {"mingpt.distributed", "mingpt.kernels"},
     "mingpt.evaluate": BASE | {"mingpt.distributed"},
     "mingpt.trainer": BASE | TRAINING,

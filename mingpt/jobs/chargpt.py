@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from mingpt import runtime
+from mingpt import diloco, runtime
 from mingpt.char import CharTokenizer
 from mingpt.data import TokenStream, check_val_fraction, load_corpus
 from mingpt.model import GPT
@@ -49,6 +49,7 @@ def get_config() -> CfgNode:
     C.trainer.min_lr_ratio = 0.3  # cosine to 3e-4, not 1e-4: measured 0.01 lower val loss
     C.trainer.eval_iters = None  # validate on the whole validation split
     C.sample = CfgNode(prompt="", max_new_tokens=500, temperature=1.0, top_k=None)
+    C.diloco = diloco.get_default_config()  # off (sync_every=0); one worker of many with it (mingpt/diloco.py)
     return C
 
 

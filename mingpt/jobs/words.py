@@ -38,7 +38,7 @@ def main(config: CfgNode) -> dict:
     prepare_data(config.data.input, data_dir, config.data.val_fraction, config.tokenizer)
     run = train_config()
     run.merge_from_dict({k: v for k, v in config.to_dict().items()
-                         if k in ("system", "recipe", "init_from", "model", "trainer", "sample", "task")})
+                         if k in ("system", "recipe", "init_from", "model", "trainer", "sample", "task", "diloco")})
     run.data.dir = str(data_dir)
     return train_on_prepared(run)
 

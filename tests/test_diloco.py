@@ -1,0 +1,288 @@
+"""DiLoCo on torchft (mingpt/diloco.py, mingpt/jobs/diloco.py): the outer step's numbers, what is
+counted, packing, refusals, and (slow) real worker processes that are killed, rejoin, stop and
+resume. Workers of the fast tests are threads of this process around one lighthouse, as torchft's
+own integration tests run them; the slow ones are processes, as on many machines."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import latest_iteration, pattern_stream, quick_config, tiny_gpt
+from mingpt import cli, diloco, distributed
+from mingpt.run_folder import RunFolder
+from mingpt.trainer import Trainer
+from mingpt.utils import ConfigError
+
+torchft = pytest.importorskip("torchft", reason="DiLoCo needs torchft (pip install \"mingpt[diloco]\")")
+from torchft.coordination import LighthouseServer  # noqa: E402
+
+H = 3  # inner steps per round in the fast tests
+
+
+@pytest.fixture
+def lighthouse(monkeypatch):
+    """A lighthouse for two or three workers; TORCHFT_LIGHTHOUSE names it."""
+    server = LighthouseServer(bind="[::]:0", min_replicas=2, join_timeout_ms=3000, heartbeat_timeout_ms=1000)
+    monkeypatch.setenv(diloco.LIGHTHOUSE_ENV, server.address())
+    yield server
+    server.shutdown()
+
+
+class Recording:
+    """A token stream that remembers the batches it hands out (each worker's own)."""
+
+    def __init__(self, stream):
+        self.stream, self.batches = stream, []
+
+    def get_batch(self, batch_size, generator):
+        x, y = self.stream.get_batch(batch_size, generator)
+        self.batches.append((x.clone(), y.clone()))
+        return x, y
+
+
+class Replay:
+    """Hands out recorded batches again, in order: the same inner steps without DiLoCo."""
+
+    def __init__(self, batches):
+        self.batches = iter(batches)
+
+    def get_batch(self, batch_size, generator):
+        return next(self.batches)
+
+
+def diloco_config(worker: int, **overrides):
+    c = diloco.get_default_config()
+    c.sync_every, c.worker_id, c.min_workers, c.timeout_s, c.quorum_timeout_s = H, worker, 2, 10, 60
+    c.merge_from_dict(overrides)
+    return c
+
+
+def run_workers(configs: list, max_iters: int = H) -> list[dict]:
+    """Train one tiny GPT per config, each in a thread (a worker); every model built first, from
+    seed 0, as separate processes with the same seed would build it. Returns, per worker: the
+    trainer (or the error it raised), its recorded batches and its final weights."""
+    models = []
+    for _ in configs:
+        torch.manual_seed(0)
+        models.append(tiny_gpt())
+    results = [{} for _ in configs]
+
+    def work(i: int) -> None:
+        data = Recording(pattern_stream())
+        trainer = Trainer(quick_config(max_iters=max_iters, eval_interval=100), models[i], data, diloco=configs[i])
+        try:
+            trainer.run()
+            results[i].update(trainer=trainer, batches=data.batches,
+                              weights={k: v.clone() for k, v in models[i].state_dict().items()})
+        except Exception as e:  # (the test looks at it)
+            results[i]["error"] = e
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(configs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return results
+
+
+def inner_steps_alone(batches) -> dict[str, torch.Tensor]:
+    """A worker's H inner steps again, without DiLoCo: its local weights before the outer step."""
+    torch.manual_seed(0)
+    model = tiny_gpt()
+    Trainer(quick_config(max_iters=H, eval_interval=100), model, Replay(batches)).run()
+    return model.state_dict()
+
+
+@pytest.mark.parametrize("packing, tolerance", [("fp32", 1e-6), ("bf16", 2e-3), ("int8", 2e-2)])
+def test_one_round_is_an_outer_nesterov_step_on_the_mean_weight_change(lighthouse, packing, tolerance):
+    """After one round: the outer gradient is the mean over workers of (global - local); Nesterov
+    SGD's first step has momentum buffer b = g, so it moves by lr * (g + momentum * b) =
+    lr * (1 + momentum) * g. Each worker's local weights come from replaying its batches alone."""
+    results = run_workers([diloco_config(i, packing=packing) for i in range(2)])
+    assert all("error" not in r for r in results), [r.get("error") for r in results]
+    torch.manual_seed(0)
+    start = tiny_gpt().state_dict()
+    local = [inner_steps_alone(r["batches"]) for r in results]
+    assert not torch.equal(results[0]["batches"][0][0], results[1]["batches"][0][0])  # each its own data
+    lr, momentum = 0.7, 0.9
+    for name, w0 in start.items():
+        outer_gradient = sum(w0 - w[name] for w in local) / 2
+        expected = w0 - lr * (1 + momentum) * outer_gradient
+        for r in results:
+            torch.testing.assert_close(r["weights"][name], expected, atol=tolerance, rtol=0, msg=name)
+
+
+def test_comm_bytes_count_what_each_packing_sends(lighthouse):
+    """Two workers, one round. fp32's ring all-reduce sends 2(n-1)/n x 4 bytes per parameter. The
+    packed exchanges cut the outer gradient into n segments, and send n-1 of them in the
+    all-to-all and again in the all-gather: 2(n-1) segments of ceil(N / n) parameters, at 2 bytes
+    (bf16) or 1 byte and a 4-byte scale (int8)."""
+    numel = sum(p.numel() for p in tiny_gpt().parameters())
+    segment = -(-numel // 2)
+    for packing, expected in [("fp32", 4 * numel), ("bf16", 2 * 2 * segment), ("int8", 2 * (segment + 4))]:
+        results = run_workers([diloco_config(i, packing=packing) for i in range(2)])
+        for r in results:
+            counters = r["trainer"].strategy.counters(H)
+            assert counters == {"comm_bytes": expected, "syncs": 1}, packing
+            assert r["trainer"].metrics[-1]["comm_bytes"] == expected
+
+
+def test_ddp_counts_its_gradient_all_reduces_the_same_way():
+    """A DDP step all-reduces every gradient once: 2(n-1)/n x their bytes from each rank."""
+    assert distributed.ring_allreduce_bytes(1000, 1) == 0
+    assert distributed.ring_allreduce_bytes(1000, 2) == 1000
+    assert distributed.ring_allreduce_bytes(1200, 3) == 1600
+
+
+def test_int8_error_feedback_keeps_the_rounding_from_building_up():
+    """Sent as int8 over many rounds, the sum of what arrives stays within one rounding step of
+    the sum of what was sent: what rounding drops one round goes out with the next."""
+    torch.manual_seed(0)
+    residual, sent, arrived = torch.zeros(1000), torch.zeros(1000), torch.zeros(1000)
+    for _ in range(50):
+        g = torch.randn(1000) * 1e-3
+        sent += g
+        arrived += diloco.unpack(diloco.pack(g, "int8", residual), "int8")
+    assert (sent - arrived).abs().max() <= residual.abs().max() + 1e-12
+    assert (sent - arrived).abs().max() < 1e-4  # (one int8 step is ~3e-3 / 127)
+
+
+def test_a_worker_with_other_settings_is_refused_before_it_touches_the_weights(lighthouse):
+    """Three workers in the first quorum, one with another outer lr: it stops with one line naming
+    the settings; the two others go on and agree on their weights."""
+    configs = [diloco_config(0), diloco_config(1), diloco_config(2, outer_lr=0.5)]
+    results = run_workers(configs, max_iters=2 * H)
+    error = results[2].get("error")
+    assert isinstance(error, ConfigError) and "differ from the group's" in str(error), error
+    assert "\n" not in str(error)
+    for r in results[:2]:
+        assert "error" not in r, r.get("error")
+    assert all(torch.equal(results[0]["weights"][k], results[1]["weights"][k]) for k in results[0]["weights"])
+
+
+def test_without_torchft_the_diloco_settings_fail_in_one_line(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "torchft", None)  # (import torchft now raises ImportError)
+    text = tmp_path / "text.txt"
+    text.write_text("hello world, " * 500)
+    status = cli.main(["chargpt", f"--data.input={text}", f"--system.work_dir={tmp_path / 'run'}",
+                       "--diloco.sync_every=5", "--trainer.device=cpu"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert status == 2 and len(errors) == 1, errors
+    assert errors[0].endswith('needs torchft, which is not installed; pip install "mingpt[diloco]"')
+    assert not RunFolder(tmp_path / "run").holds_run()
+
+
+def test_diloco_settings_are_checked_before_anything_starts(capsys):
+    status = cli.main(["diloco", "--workers=2", "chargpt", "--diloco.sync_every=10", "--diloco.fragments=3"])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and "multiple of diloco.fragments=3" in err and err.count("\n") == 0
+    assert cli.main(["diloco", "chargpt"]) == 2
+    assert "needs --diloco.sync_every" in capsys.readouterr().err
+
+
+# -- real processes (slow) -------------------------------------------------------------------------------
+def worker_args(text: Path, work_dir: Path, max_iters: int, *extra: str) -> list[str]:
+    return ["chargpt", f"--data.input={text}", f"--system.work_dir={work_dir}", "--model.model_type=gpt-nano",
+            "--model.block_size=32", "--trainer.batch_size=8", f"--trainer.max_iters={max_iters}",
+            "--trainer.eval_interval=20", "--trainer.eval_iters=5", "--trainer.log_interval=1",
+            "--trainer.device=cpu", "--sample.max_new_tokens=0", "--diloco.sync_every=10",
+            "--diloco.min_workers=2", "--diloco.timeout_s=5", "--diloco.quorum_timeout_s=120", *extra]
+
+
+@pytest.fixture
+def small_text(tmp_path, shakespeare_path) -> Path:
+    path = tmp_path / "shakespeare_100k.txt"
+    path.write_text(shakespeare_path.read_text()[:100_000])
+    return path
+
+
+def start_worker(worker: int, args: list[str], lighthouse_address: str, log: Path) -> subprocess.Popen:
+    env = {**os.environ, diloco.LIGHTHOUSE_ENV: lighthouse_address, diloco.WORKER_ENV: str(worker),
+           "OMP_NUM_THREADS": "1", "RUST_LOG": "warn"}
+    return subprocess.Popen([sys.executable, "-m", "mingpt", *args], stdout=open(log, "a"),
+                            stderr=subprocess.STDOUT, env=env)
+
+
+def last_iter(work_dir: Path) -> int:
+    rows = RunFolder(work_dir).read_metrics() if (work_dir / RunFolder.METRICS).exists() else []
+    return rows[-1]["iter"] if rows else 0
+
+
+def final_weights(work_dir: Path) -> dict[str, torch.Tensor]:
+    from helpers import final_tensors
+    return {k: v for k, v in final_tensors(work_dir).items() if k.startswith("transformer.")}
+
+
+@pytest.mark.slow
+def test_a_killed_worker_does_not_stop_the_others_and_rejoins_when_started_again(tmp_path, small_text):
+    """Three worker processes; worker 2 is killed (SIGKILL, by its pid) mid-round and started
+    again from nothing: the others go on, it heals from a live peer (weights, optimizers,
+    iteration) and all end with the same weights; the result is within 5% of an unbroken run's."""
+    max_iters = 300  # (long enough for the killed worker to start again while the others train)
+    unbroken = subprocess.run([sys.executable, "-m", "mingpt", "diloco", "--workers=3", "--join_timeout_s=3",
+                               "--heartbeat_timeout_s=1", *worker_args(small_text, tmp_path / "unbroken", max_iters)],
+                              capture_output=True, text=True, timeout=300)
+    assert unbroken.returncode == 0, unbroken.stderr[-3000:]
+    server = LighthouseServer(bind="[::]:0", min_replicas=2, join_timeout_ms=3000, heartbeat_timeout_ms=1000)
+    work_dir, logs = tmp_path / "broken", tmp_path / "logs"
+    logs.mkdir()
+    try:
+        args = worker_args(small_text, work_dir, max_iters)
+        workers = [start_worker(i, args, server.address(), logs / f"{i}.log") for i in range(3)]
+        deadline = time.time() + 120
+        while last_iter(work_dir / "workers" / "2") < 13:  # mid-round (rounds end at 10, 20, ...)
+            assert workers[2].poll() is None and time.time() < deadline, (logs / "2.log").read_text()[-3000:]
+            time.sleep(0.05)
+        os.kill(workers[2].pid, signal.SIGKILL)
+        workers[2].wait()
+        workers[2] = start_worker(2, args + ["--system.overwrite=true"], server.address(), logs / "2.log")
+        for i, w in enumerate(workers):
+            assert w.wait(timeout=300) == 0, (logs / f"{i}.log").read_text()[-3000:]
+    finally:
+        server.shutdown()
+    assert "healed from a live peer" in (logs / "2.log").read_text()
+    summaries = [json.loads((diloco.worker_folder(work_dir, diloco_config(i, sync_every=10)) / "summary.json")
+                            .read_text()) for i in range(3)]
+    assert [s["iters"] for s in summaries] == [max_iters] * 3
+    weights = [final_weights(diloco.worker_folder(work_dir, diloco_config(i, sync_every=10))) for i in range(3)]
+    for w in weights[1:]:
+        assert all(torch.equal(w[k], weights[0][k]) for k in w)
+    reference = json.loads((tmp_path / "unbroken" / "summary.json").read_text())["val_loss"]
+    assert abs(summaries[0]["val_loss"] - reference) / reference < 0.05, (summaries[0]["val_loss"], reference)
+
+
+@pytest.mark.slow
+def test_a_group_stopped_by_sigterm_resumes_from_its_checkpoints(tmp_path, small_text):
+    """`mingpt diloco --workers=2`, stopped with SIGTERM once worker 0 has a checkpoint: every
+    worker saves and the launcher exits 130; the same command with --system.resume=true goes on
+    from the checkpoints (the outer state with them) to max_iters."""
+    work_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "mingpt", "diloco", "--workers=2", "--join_timeout_s=3",
+               "--heartbeat_timeout_s=1", *worker_args(small_text, work_dir, 80)]
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while latest_iteration(work_dir) < 20:
+        assert launcher.poll() is None and time.time() < deadline, launcher.stderr.read()[-3000:]
+        time.sleep(0.05)
+    launcher.send_signal(signal.SIGTERM)
+    _, err = launcher.communicate(timeout=180)
+    assert launcher.returncode == 130, err[-3000:]
+    stopped = json.loads((work_dir / "summary.json").read_text())
+    assert stopped["stop_reason"] == "interrupted" and stopped["iters"] < 80
+    resumed = subprocess.run(command + ["--system.resume=true"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((work_dir / "summary.json").read_text())
+    assert summary["iters"] == 80 and summary["stop_reason"] == "max_iters"
+    assert summary["syncs"] >= stopped["syncs"] and summary["comm_bytes"] > stopped["comm_bytes"]
+    assert "resuming from" in (work_dir / "workers" / "0" / "worker.log").read_text()
+    rows = RunFolder(work_dir).read_metrics()
+    assert [r["iter"] for r in rows] == list(range(1, 81))
