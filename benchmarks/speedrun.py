@@ -1,6 +1,9 @@
 """The CPU speedrun: wall time of the whole command to a Tiny Shakespeare char-level val loss.
 
-    python benchmarks/speedrun.py          # ~10 minutes; prints tables, writes benchmarks/speedrun.json
+    python benchmarks/speedrun.py                    # everything: ~35 minutes on a quiet 2-core CPU
+    python benchmarks/speedrun.py --ablation=none    # the seeds and the baseline only: ~5 minutes
+    python benchmarks/speedrun.py --ablation=alone --parts=RoPE,Muon --seeds= --baseline-seeds=
+Each prints its rows as they come and writes benchmarks/speedrun.json (--out) after every row.
 
 Each run is the whole command a user types, timed from outside (start-up, data, training, every
 evaluation over the whole validation split, checkpoints, the final sample):
@@ -88,11 +91,15 @@ def main() -> None:
     parser.add_argument("--baseline-seeds", default="3407", help="seeds of the GPT-2 recipe (2 minutes each)")
     parser.add_argument("--ablation", default="out,alone",
                         help="out (leave one out), alone (each part alone on the GPT-2 recipe), both, or none")
+    parser.add_argument("--alone-baseline", action=argparse.BooleanOptionalAction, default=True,
+                        help="with --ablation=alone: also the GPT-2 recipe evaluated as often as the parts alone")
+    parser.add_argument("--ablation-seed", type=int, default=None, help="the ablation's seed (default: the first of --seeds)")
+    parser.add_argument("--parts", default=",".join(PARTS), help="the parts to ablate, in this order")
     parser.add_argument("--out", default=str(Path(__file__).parent / "speedrun.json"))
     args = parser.parse_args()
     if not DATA.exists():
         raise SystemExit(f"{DATA} is missing: the speedrun needs Tiny Shakespeare there")
-    rows = []
+    rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         def go(recipe, seed, extra=(), name=""):
             row = run(recipe, seed, list(extra), Path(tmp) / f"{recipe}_{seed}_{len(rows)}")
@@ -101,32 +108,51 @@ def main() -> None:
             print(f"{recipe:9s} seed {seed:5d} {name or '':24s} val {row['val_loss']:.4f} "
                   f"{'reached' if row['reached'] else 'missed '} at iter {row['target_iter']}, "
                   f"whole command {row['wall_s']:.1f} s", flush=True)
-        for seed in map(int, args.seeds.split(",")):
+            Path(args.out).write_text(json.dumps(summarize(rows), indent=2))  # (after every row: a long run)
+
+        for seed in seeds(args.seeds):
             go("speedrun", seed)
-        for seed in map(int, args.baseline_seeds.split(",")):
+        for seed in seeds(args.baseline_seeds):
             go("gpt2", seed)
         ablations = {"both": {"out", "alone"}, "none": set()}.get(args.ablation, set(args.ablation.split(",")))
-        first = int(args.seeds.split(",")[0])
+        first = args.ablation_seed if args.ablation_seed is not None else (seeds(args.seeds) or [3407])[0]
+        parts = [part for part in args.parts.split(",") if part]
+        unknown = set(parts) - set(PARTS)
+        if unknown:
+            raise SystemExit(f"unknown parts {sorted(unknown)}; the parts are: {', '.join(PARTS)}")
         if "out" in ablations:
-            for part in PARTS:
+            for part in parts:
                 go("speedrun", first, left_out(part), f"without {part}")
         if "alone" in ablations:
-            go("gpt2", first, [f"--trainer.eval_interval={ALONE_EVAL_INTERVAL}"], "GPT-2, evaluated often")
-            for part in PARTS:
+            if args.alone_baseline:
+                go("gpt2", first, [f"--trainer.eval_interval={ALONE_EVAL_INTERVAL}"], "GPT-2, evaluated often")
+            for part in parts:
                 go("gpt2", first, alone(part), f"with {part}")
-    speed = [r["wall_s"] for r in rows if r["recipe"] == "speedrun" and not r["ablation"]]
-    base = [r["wall_s"] for r in rows if r["recipe"] == "gpt2" and not r["ablation"]]
-    result = {"cpu": platform.processor() or platform.machine(), "target": TARGET, "rows": rows,
-              "speedrun_median_s": statistics.median(speed), "speedrun_spread_s": [min(speed), max(speed)],
-              "gpt2_median_s": statistics.median(base),
-              "speedrun_reached_all": all(r["reached"] for r in rows if r["recipe"] == "speedrun" and not r["ablation"])}
-    result["ratio"] = result["gpt2_median_s"] / result["speedrun_median_s"]
-    print(f"\nwhole command to val <= {TARGET}: speedrun median {result['speedrun_median_s']:.1f} s "
-          f"({min(speed):.1f}..{max(speed):.1f}, {len(speed)} seeds), GPT-2 recipe {result['gpt2_median_s']:.1f} s: "
-          f"{result['ratio']:.2f}x")
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    result = summarize(rows)
+    if "ratio" in result:
+        speed = result["speedrun_spread_s"]
+        print(f"\nwhole command to val <= {TARGET}: speedrun median {result['speedrun_median_s']:.1f} s "
+              f"({speed[0]:.1f}..{speed[1]:.1f}, {result['speedrun_seeds']} seeds), GPT-2 recipe "
+              f"{result['gpt2_median_s']:.1f} s: {result['ratio']:.2f}x")
     print(f"wrote {args.out}")
 
+
+def seeds(text: str) -> list[int]:
+    return [int(seed) for seed in text.split(",") if seed]
+
+
+def summarize(rows: list[dict]) -> dict:
+    """The rows, and the speedrun's median time against the GPT-2 recipe's where both ran."""
+    result = {"cpu": platform.processor() or platform.machine(), "target": TARGET, "rows": rows}
+    speed = [r["wall_s"] for r in rows if r["recipe"] == "speedrun" and not r["ablation"]]
+    base = [r["wall_s"] for r in rows if r["recipe"] == "gpt2" and not r["ablation"]]
+    if speed and base:
+        result.update(speedrun_median_s=statistics.median(speed), speedrun_spread_s=[min(speed), max(speed)],
+                      speedrun_seeds=len(speed), gpt2_median_s=statistics.median(base),
+                      speedrun_reached_all=all(r["reached"] for r in rows
+                                               if r["recipe"] == "speedrun" and not r["ablation"]))
+        result["ratio"] = result["gpt2_median_s"] / result["speedrun_median_s"]
+    return result
 
 if __name__ == "__main__":
     main()

@@ -49,10 +49,10 @@ RECIPES: dict[str, Recipe] = {
          "trainer.batch_size": 24, "trainer.max_iters": 240, "trainer.eval_interval": 240}),
     "five-minutes": Recipe(
         "the lowest char-level val loss found in five minutes on the CPU: the speedrun's parts on 4 "
-        "layers of 192 with 128 characters of context, trained for max_seconds=300 (the WSD cooldown "
+        "layers of 192 with 256 characters of context, trained for max_seconds=300 (the WSD cooldown "
         "is timed to end with it)",
         {"model.model_type": None, "model.n_layer": 4, "model.n_head": 4, "model.n_embd": 192,
-         "model.block_size": 128, **MODERN_PARTS, "trainer.warmup_iters": 50, "trainer.batch_size": 24,
+         "model.block_size": 256, **MODERN_PARTS, "trainer.warmup_iters": 50, "trainer.batch_size": 12,
          "trainer.max_iters": None, "trainer.max_seconds": 300, "trainer.eval_interval": 1000}),
     # GPT-2 124M on FineWeb-Edu 10B (`mingpt prepare --data.input=hf:HuggingFaceFW/fineweb-edu
     # --data.subset=sample-10BT`), as llm.c's run_gpt2_124M.sh and nanoGPT's reproduction train it:
