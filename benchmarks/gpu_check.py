@@ -406,7 +406,7 @@ def summary_lines(result: dict) -> list[str]:
         pays = row["static_pays_from_tokens"]
         lines.append(f"decode greedy batch {row['batch']}: usual {row['usual_tokens_per_s']:,.0f} tok/s, static "
                      f"{row['static_tokens_per_s']:,.0f} tok/s (compile {row['static_compile_s']:.1f} s, pays from "
-                     f"{'never' if pays is None else f'{pays:.0f}'} tokens){hf}; first differences "
+                     f"{'never' if pays is None else f'{pays:.0f} tokens'}){hf}; first differences "
                      f"{row['first_difference']}")
     for section in ("train_profile", "train_autotune"):
         for row in result.get(section, {}).get("rows", []):
@@ -450,7 +450,7 @@ def main() -> None:
                 if name == "peak" and "peak_tflops" in result[name]:
                     peak = result[name]["peak_tflops"] * 1e12
                     print(f"{result[name]['device']}, torch {result[name]['torch']}: matmul "
-                          f"{result[name]['peak_tflops']:.1f} TFLOP/s", flush=True)
+                          f"{result[name]['peak_tflops']:.2f} TFLOP/s", flush=True)
             Path(args.out).write_text(json.dumps(result, indent=2, default=str))  # what is done so far
     result["total_s"] = time.time() - start
     Path(args.out).write_text(json.dumps(result, indent=2, default=str))
