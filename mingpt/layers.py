@@ -72,11 +72,12 @@ class Rotary(NoRotation):
     def __init__(self, config: CfgNode) -> None:
         super().__init__(config)
         self.head_dim, self.base = config.n_embd // config.n_head, config.rope_base
-        self._angles: tuple = (None, None, None)  # (start, T, device, dtype), cos, sin
+        self._angles: tuple = (None, None, None)  # (start, T, device, dtype, inference), cos, sin
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """q (B, n_head, T, head_dim), k (B, n_kv_head, T, head_dim) at positions start .. start + T - 1."""
-        key = (start, q.size(2), q.device, q.dtype)
+        # (angles made under inference_mode cannot be saved for a backward pass: kept apart)
+        key = (start, q.size(2), q.device, q.dtype, torch.is_inference_mode_enabled())
         if self._angles[0] != key:
             pos = torch.arange(start, start + q.size(2), device=q.device, dtype=torch.float32)
             self._angles = (key, *self.cos_sin(pos, q.dtype))

@@ -523,7 +523,6 @@ class Trainer:
         # checkpoint (or a row cut short by a kill) are dropped, and the resumed run writes them anew
         log.info(f"resuming from {folder} (iteration {self.iter_num})")
 
-
     # -- the whole state, handed to a DiLoCo peer that heals from this run ---------------------------------
     def _live_state(self) -> dict[str, Any]:
         """What a worker joining late takes from this one (DiLoCo's healing): weights, optimizer

@@ -48,6 +48,18 @@ def test_rope_models_have_no_position_table_and_see_positions_through_attention(
     torch.testing.assert_close(model(idx)[0][:, -1], model(reordered)[0][:, -1])
 
 
+def test_a_rope_model_trains_after_generating_at_the_same_length():
+    model = gpt(position_encoding="rope")
+    idx = tokens(12)
+    model.eval()
+    with torch.inference_mode():  # (as generate runs) the angles of positions 0..11, without autograd
+        model(idx)
+    model.train()
+    _, loss = model(idx, idx)  # the same positions again, now to be differentiated
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
 @pytest.mark.parametrize("options", [dict(position_encoding="rope"), dict(n_kv_head=1), dict(n_kv_head=2),
                                      {**OPTIONS, "attention_pattern": ("global",)}, OPTIONS])
 def test_generation_with_the_kv_cache_equals_recomputation_with_options(options):
