@@ -407,9 +407,9 @@ class Trainer:
         c = self.config
         if c.max_seconds is None:
             return False
-        elapsed_ms = distributed.max_over_ranks(int(1000 * (now - self._clock_origin)))[0]
-        self._time_fraction = elapsed_ms / (1000 * c.max_seconds)
-        out = elapsed_ms >= 1000 * c.max_seconds
+        used = (now - self._clock_origin) / c.max_seconds  # (each rank's share of its own budget)
+        out, parts_per_million = distributed.max_over_ranks(used >= 1, int(1e6 * used))
+        out, self._time_fraction = bool(out), parts_per_million / 1e6
         if out and self.is_main:
             log.info(f"the run has taken its max_seconds={c.max_seconds}: evaluating, saving and stopping")
         return out

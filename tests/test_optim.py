@@ -170,7 +170,7 @@ def test_adamw_is_the_models_own_optimizer_and_trains_bitwise_as_before(monkeypa
     ("optimizer", "sgd", "trainer.optimizer='sgd' must be one of 'adamw', 'muon'"),
     ("lr_schedule", "step", "trainer.lr_schedule='step' must be one of 'cosine', 'wsd'"),
     ("cooldown_shape", "sqrt", "trainer.cooldown_shape='sqrt' must be one of 'linear', '1-sqrt'"),
-    ("muon_ns_dtype", "fp16", "trainer.muon_ns_dtype='fp16' must be one of 'auto', 'fp32', 'bf16'"),
+    ("muon_ns_dtype", "fp16", "trainer.muon_ns_dtype='fp16' must be one of 'auto', 'fast', 'fp32', 'bf16'"),
     ("cooldown_fraction", -0.1, "trainer.cooldown_fraction=-0.1 must be between 0 and 1"),
     ("min_lr_ratio", 2.0, "trainer.min_lr_ratio=2.0 must be between 0 and 1"),
     ("muon_momentum", 1.0, r"trainer.muon_momentum=1.0 must be in \[0, 1\)"),
