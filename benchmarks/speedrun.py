@@ -69,6 +69,7 @@ def alone(part: str) -> list[str]:
     recipe = recipes.RECIPES["speedrun"].overrides
     return flags({key: recipe[key] for key in PARTS[part]}) + [f"--trainer.eval_interval={ALONE_EVAL_INTERVAL}"]
 
+
 def run(recipe: str, seed: int, extra: list[str], work_dir: Path) -> dict:
     command = [sys.executable, "-m", "mingpt", "chargpt", f"--data.input={DATA}", f"--recipe={recipe}",
                f"--trainer.target_val_loss={TARGET}", "--trainer.eval_iters=None", f"--system.seed={seed}",
