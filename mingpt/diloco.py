@@ -252,14 +252,22 @@ class DiLoCo:
             load_live_state(state)
 
         manager_class = _manager_class()
-        self.manager = manager_class(
-            packing=c.packing, fragments=c.fragments, config_hash=mine,
-            pg=ProcessGroupGloo(timeout=timeout), load_state_dict=load, state_dict=save,
-            min_replica_size=c.min_workers, use_async_quorum=False, init_sync=False,  # same seed, same init
-            replica_id=f"mingpt{mine}_{self.worker}", store_addr=store_addr, store_port=store_port,
-            rank=self.place.rank, world_size=self.place.world_size, hostname=c.host or _hostname(),
-            timeout=timeout, quorum_timeout=timedelta(seconds=c.quorum_timeout_s),
-            connect_timeout=timedelta(seconds=c.connect_timeout_s))
+        try:
+            self.manager = manager_class(
+                packing=c.packing, fragments=c.fragments, config_hash=mine,
+                pg=ProcessGroupGloo(timeout=timeout), load_state_dict=load, state_dict=save,
+                min_replica_size=c.min_workers, use_async_quorum=False, init_sync=False,  # same seed, same init
+                replica_id=f"mingpt{mine}_{self.worker}", store_addr=store_addr, store_port=store_port,
+                rank=self.place.rank, world_size=self.place.world_size, hostname=c.host or _hostname(),
+                timeout=timeout, quorum_timeout=timedelta(seconds=c.quorum_timeout_s),
+                connect_timeout=timedelta(seconds=c.connect_timeout_s))
+        except RuntimeError as e:  # (torchft's Rust client says "failed to connect to ... within timeout")
+            if "failed to connect" not in str(e):
+                raise
+            raise ConnectionError(
+                f"cannot reach the DiLoCo lighthouse at {os.environ.get(LIGHTHOUSE_ENV)} within "
+                f"diloco.connect_timeout_s={c.connect_timeout_s}: start it there (torchft_lighthouse), fix "
+                f"{LIGHTHOUSE_ENV}, or raise the timeout for a slow link") from None
         fragments = split_into_fragments(model, c.fragments)
         outer = [torch.optim.SGD(f.parameters(), lr=c.outer_lr, momentum=c.outer_momentum, nesterov=True)
                  for f in fragments]

@@ -181,6 +181,22 @@ def test_without_torchft_the_diloco_settings_fail_in_one_line(monkeypatch, capsy
     assert not RunFolder(tmp_path / "run").holds_run()
 
 
+def test_an_unreachable_lighthouse_is_one_line_within_its_timeout(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv(diloco.LIGHTHOUSE_ENV, "http://127.0.0.1:9")  # (the discard port: nothing listens)
+    monkeypatch.setenv(diloco.WORKER_ENV, "0")
+    text = tmp_path / "text.txt"
+    text.write_text("hello world, " * 500)
+    started = time.time()
+    status = cli.main(["chargpt", f"--data.input={text}", f"--system.work_dir={tmp_path / 'run'}",
+                       "--diloco.sync_every=5", "--diloco.connect_timeout_s=1", "--trainer.device=cpu",
+                       "--model.model_type=gpt-nano", "--model.block_size=16"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert status == 1 and len(errors) == 1, errors
+    assert "cannot reach the DiLoCo lighthouse at http://127.0.0.1:9 within diloco.connect_timeout_s=1" in errors[0]
+    assert time.time() - started < 60  # the timeout, not a hang
+    assert not RunFolder(tmp_path / "run").holds_run()
+
+
 def test_diloco_settings_are_checked_before_anything_starts(capsys):
     status = cli.main(["diloco", "--workers=2", "chargpt", "--diloco.sync_every=10", "--diloco.fragments=3"])
     err = capsys.readouterr().err.strip()
