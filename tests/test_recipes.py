@@ -106,9 +106,15 @@ def test_a_recipe_value_of_the_wrong_type_is_refused_naming_the_recipe(monkeypat
         job_config("chargpt", "--recipe=gpt2", "--recipe=typo")
 
 
-def test_the_run_folder_records_the_recipe_and_the_values_it_resolved_to(own_recipes, tmp_path, capsys):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("to be or not to be, that is the question.\n" * 100)
+@pytest.fixture
+def corpus(tmp_path):
+    """A small text for the recipes' end-to-end runs."""
+    path = tmp_path / "corpus.txt"
+    path.write_text("to be or not to be, that is the question.\n" * 100)
+    return path
+
+
+def test_the_run_folder_records_the_recipe_and_the_values_it_resolved_to(own_recipes, corpus, tmp_path, capsys):
     work_dir = tmp_path / "run"
     status = run_job("chargpt", [f"--data.input={corpus}", f"--system.work_dir={work_dir}", "--recipe=quick",
                                  *TINY, "--model.n_embd=16", "--trainer.max_iters=4"])
@@ -120,9 +126,7 @@ def test_the_run_folder_records_the_recipe_and_the_values_it_resolved_to(own_rec
     assert json.loads((work_dir / "summary.json").read_text())["iters"] == 4
 
 
-def test_the_speedrun_recipe_trains_its_model_end_to_end(tmp_path, capsys):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("to be or not to be, that is the question.\n" * 100)
+def test_the_speedrun_recipe_trains_its_model_end_to_end(corpus, tmp_path, capsys):
     work_dir = tmp_path / "run"
     status = run_job("chargpt", [f"--data.input={corpus}", f"--system.work_dir={work_dir}", "--recipe=speedrun",
                                  "--trainer.max_iters=6", "--trainer.eval_interval=6", "--trainer.eval_iters=2",
@@ -135,9 +139,7 @@ def test_the_speedrun_recipe_trains_its_model_end_to_end(tmp_path, capsys):
     assert summary["iters"] == 6 and summary["val_loss"] < math.log(vocab)  # it learnt something
 
 
-def test_the_five_minutes_recipe_trains_until_its_time_budget(tmp_path, capsys):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("to be or not to be, that is the question.\n" * 100)
+def test_the_five_minutes_recipe_trains_until_its_time_budget(corpus, tmp_path, capsys):
     work_dir = tmp_path / "run"
     status = run_job("chargpt", [f"--data.input={corpus}", f"--system.work_dir={work_dir}", "--recipe=five-minutes",
                                  "--trainer.max_seconds=3", "--trainer.warmup_iters=0", "--model.n_embd=32",
