@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -82,12 +83,7 @@ def prepare_data(inputs: str, out_dir: str | Path, val_fraction: float, tokenize
         return prepare_corpus(paths, Path(out_dir), tokenizers.make(tokenizer.kind, texts, tokenizer.vocab_size),
                               val_fraction)
 
-    meta = distributed.run_together(prepare, main_only=True)
-    if meta is None:
-        return {}
-    log.info(f"prepared {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens "
-             f"({meta['dtype']}, vocabulary of {meta['vocab_size']:,}) in {out_dir}")
-    return meta
+    return _prepare_once(prepare, lambda meta: f"({meta['dtype']}, vocabulary of {meta['vocab_size']:,}) in {out_dir}")
 
 
 def prepare_hf_data(data: CfgNode, tokenizer: CfgNode) -> dict:
@@ -105,11 +101,17 @@ def prepare_hf_data(data: CfgNode, tokenizer: CfgNode) -> dict:
         return shards.prepare_shards(source, Path(data.out_dir), tokenizers.make("gpt2", []), data.shard_tokens,
                                      processes)
 
+    return _prepare_once(prepare, lambda meta: f"in {len(meta['shards']['train'])} + "
+                                               f"{len(meta['shards']['val'])} shards in {data.out_dir}")
+
+
+def _prepare_once(prepare: Callable[[], dict], where: Callable[[dict], str]) -> dict:
+    """Run prepare in one process (the others wait), log what it wrote ("prepared N train / M val
+    tokens " + where(meta)) and return meta.json's contents ({} on the other processes)."""
     meta = distributed.run_together(prepare, main_only=True)
     if meta is None:
         return {}
-    log.info(f"prepared {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens in "
-             f"{len(meta['shards']['train'])} + {len(meta['shards']['val'])} shards in {data.out_dir}")
+    log.info(f"prepared {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens {where(meta)}")
     return meta
 
 
