@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -32,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from mingpt import recipes  # noqa: E402
+from mingpt.utils import cpu_multiplies_bf16  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 TARGET = 1.88
@@ -48,6 +50,7 @@ PARTS = {
     "untied head": {"model.tie_embeddings": True},
     "zero-init projections": {"model.zero_init_projections": False},
     "logit soft-cap": {"model.logit_softcap": None},
+    "bf16 (where native)": {"trainer.dtype": "auto"},
     "Muon": {"trainer.optimizer": "adamw", "trainer.muon_ns_dtype": "auto",
              "trainer.muon_momentum_warmup_iters": 300},
     "WSD": {"trainer.lr_schedule": "cosine", "trainer.cooldown_fraction": 0.2},
@@ -138,13 +141,21 @@ def main() -> None:
     print(f"wrote {args.out}")
 
 
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), with its core count: figures differ by CPU."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.exists() else []
+    return f"{names[0] if names else platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
 def seeds(text: str) -> list[int]:
     return [int(seed) for seed in text.split(",") if seed]
 
 
 def summarize(rows: list[dict]) -> dict:
     """The rows, and the speedrun's median time against the GPT-2 recipe's where both ran."""
-    result = {"cpu": platform.processor() or platform.machine(), "target": TARGET, "rows": rows}
+    result = {"cpu": cpu_name(), "cpu_multiplies_bf16": cpu_multiplies_bf16(), "target": TARGET, "rows": rows}
     speed = [r["wall_s"] for r in rows if r["recipe"] == "speedrun" and not r["ablation"]]
     base = [r["wall_s"] for r in rows if r["recipe"] == "gpt2" and not r["ablation"]]
     if speed and base:

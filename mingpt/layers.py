@@ -124,6 +124,23 @@ class SoftCap(nn.Module):
         return self.cap * torch.tanh(x / self.cap)
 
 
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm whose gain follows its input's dtype: under bf16 autocast the queries and keys
+    that QK-norm normalises are bf16, and PyTorch's fused kernel wants the gain in the same dtype
+    (it computes in fp32 inside either way)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.to(x.dtype)
+        return F.rms_norm(x, self.normalized_shape, weight, self.eps)
+
+
+def slow_in_bf16(q: torch.Tensor) -> bool:
+    """Whether attention on q should run in fp32 instead: training in bf16 on the CPU, where the
+    backward of PyTorch's fused CPU attention kernel is several times slower in bf16 than in fp32
+    (its forward alone, for inference, is faster in bf16)."""
+    return q.dtype == torch.bfloat16 and q.is_cpu and q.requires_grad and torch.is_grad_enabled()
+
+
 class GlobalAttention(nn.Module):
     """Causal attention over every earlier position: softmax(q k^T / sqrt(head_dim)) v, where
     position t sees positions <= t. PyTorch's fused kernel does the masking and the scaling."""
@@ -140,6 +157,12 @@ class GlobalAttention(nn.Module):
         """q (B, n_head, T, head_dim); k, v (B, n_head, T_past + T, head_dim) -> like q.
         A KV cache is filled by one prompt (T > 1, causal) then one token at a time (T == 1: the
         single new query may see every cached key, so no mask is needed)."""
+        if slow_in_bf16(q):
+            with torch.autocast("cpu", enabled=False):
+                return self.compute(q.float(), k.float(), v.float()).to(q.dtype)
+        return self.compute(q, k, v)
+
+    def compute(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return F.scaled_dot_product_attention(q, k, v, is_causal=q.size(2) > 1, scale=self.scale,
                                               dropout_p=self.dropout if self.training else 0.0,
                                               enable_gqa=self.grouped)
@@ -154,10 +177,10 @@ class LocalAttention(GlobalAttention):
         super().__init__(config)
         self.window = config.window_size  # a KV cache keeps only this many (a ring)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def compute(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if q.size(2) == 1:  # one new token: the cache's ring holds exactly the keys it may see
             assert k.size(2) <= self.window, "a local layer's KV cache must keep only its window"
-            return super().forward(q, k, v)
+            return super().compute(q, k, v)
         assert q.size(2) == k.size(2), "a prompt goes into an empty KV cache"
         if self.grouped:  # the band's kernels want one k, v head per q head
             k, v = (t.repeat_interleave(q.size(1) // k.size(1), dim=1) for t in (k, v))
@@ -168,8 +191,8 @@ class LocalAttention(GlobalAttention):
 # each builds a norm over `dim` features; bias=False drops LayerNorm's shift
 NORMS = {
     "layernorm": lambda dim, bias=True: nn.LayerNorm(dim, bias=bias),
-    "rmsnorm": lambda dim, bias=True: nn.RMSNorm(dim, eps=1e-6),  # x / rms(x) * gain: no mean, no shift
-    "rmsnorm_no_gain": lambda dim, bias=True: nn.RMSNorm(dim, eps=1e-6, elementwise_affine=False),
+    "rmsnorm": lambda dim, bias=True: RMSNorm(dim, eps=1e-6),  # x / rms(x) * gain: no mean, no shift
+    "rmsnorm_no_gain": lambda dim, bias=True: RMSNorm(dim, eps=1e-6, elementwise_affine=False),
 }
 POSITIONS = {"learned": LearnedPositions, "rope": NoPositions}  # what the token embeddings get
 ROTATIONS = {"learned": NoRotation, "rope": Rotary}  # what each attention does to q and k

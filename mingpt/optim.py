@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import torch
 import torch.nn as nn
 
-from mingpt.utils import CfgNode
+from mingpt.utils import CfgNode, cpu_multiplies_bf16
 
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "wsd")
@@ -176,8 +176,7 @@ def ns_dtype(name: str, device: torch.device) -> torch.dtype:
         return NS_DTYPES[name]
     if device.type == "cuda":
         return torch.bfloat16
-    native = [getattr(torch.cpu, f"_is_{isa}_supported", lambda: False)() for isa in ("avx512_bf16", "amx_tile")]
-    return torch.bfloat16 if name == "fast" and device.type == "cpu" and any(native) else torch.float32
+    return torch.bfloat16 if name == "fast" and device.type == "cpu" and cpu_multiplies_bf16() else torch.float32
 
 
 # -- Muon ------------------------------------------------------------------------------------------

@@ -13,9 +13,10 @@ import torch
 
 from mingpt import distributed, kernels
 from mingpt.distributed import Place
-from mingpt.utils import set_seed
+from mingpt.utils import cpu_multiplies_bf16, set_seed
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # trainer.dtype -> autocast
+CHOICES = ("auto", "fast")  # trainer.dtype settings that depend on the device (resolve_dtype)
 
 
 @dataclass(frozen=True)
@@ -63,10 +64,13 @@ def resolve_device(device: str) -> torch.device:
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype that trainer.dtype means on device; None is plain fp32. 'auto' is bf16
-    on a CUDA card that has it, fp16 on older cards, and fp32 elsewhere: on a CPU without AMX
-    (most), bf16 is several times slower than fp32."""
-    if name != "auto":
+    on a CUDA card that has it, fp16 on older cards, and fp32 elsewhere: the same result on every
+    CPU. 'fast' is 'auto', and bf16 on a CPU that multiplies bf16 natively (AVX-512 BF16, AMX),
+    where its products are several times faster; on other CPUs bf16 is emulated and slower."""
+    if name not in CHOICES:
         return DTYPES[name]
+    if device.type == "cpu" and name == "fast" and cpu_multiplies_bf16():
+        return torch.bfloat16
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -57,7 +57,8 @@ class Trainer:
             # from it: global_batch_size / (batch_size x processes)
             global_batch_size=None,
             # 'auto': bf16 autocast on CUDA (fp16 with a gradient scaler on cards without bf16),
-            # fp32 elsewhere; or 'fp32', 'bf16', 'fp16'. Weights and optimizer state stay fp32
+            # fp32 elsewhere; 'fast': also bf16 on CPUs with native bf16 (AVX-512 BF16, AMX); or
+            # 'fp32', 'bf16', 'fp16'. Weights and optimizer state stay fp32
             dtype="auto",
             fsdp=False,  # under torchrun: shard weights, gradients and optimizer state (FSDP2), not DDP
             optimizer="adamw",  # or 'muon': Muon for the hidden matrices, AdamW for the rest (optim.py)
@@ -717,8 +718,9 @@ def check_config(c: CfgNode) -> None:
         problems.append(f"trainer.max_iters={c.max_iters} must be >= 0 (or None)")
     if c.global_batch_size is not None and c.global_batch_size < 1:
         problems.append(f"trainer.global_batch_size={c.global_batch_size} must be >= 1 (or None)")
-    if c.dtype not in ("auto", *runtime.DTYPES):
-        problems.append(f"trainer.dtype={c.dtype!r} must be one of 'auto', {', '.join(map(repr, runtime.DTYPES))}")
+    if c.dtype not in (*runtime.CHOICES, *runtime.DTYPES):
+        problems.append(f"trainer.dtype={c.dtype!r} must be one of "
+                        f"{', '.join(map(repr, (*runtime.CHOICES, *runtime.DTYPES)))}")
     if c.compile not in (None, True, False):
         problems.append(f"trainer.compile={c.compile!r} must be True, False or None (on CUDA only)")
     if c.eval_interval < 1 or c.log_interval < 1:

@@ -2,12 +2,14 @@
 exact against a float64 masked reference and a brute-force loop, forward and gradients."""
 import json
 import math
+import warnings
 
 import pytest
 import torch
 from torch.nn import functional as F
 
 from mingpt.generate import KVCache
+from mingpt import layers
 from mingpt.kernels.banded import _flex_banded, band_mask, banded_attention, banded_reference
 from mingpt.model import GPT
 
@@ -205,3 +207,38 @@ def test_a_local_model_trains_and_its_pattern_comes_back_from_the_checkpoint(tmp
     assert loaded.config.attention_pattern == ("local", "global") and loaded.config.window_size == 3
     idx = torch.randint(0, 7, (1, 16))
     torch.testing.assert_close(loaded.eval()(idx)[0], model.eval()(idx)[0])
+
+
+# -- bf16 training on the CPU -------------------------------------------------------------------------
+@pytest.mark.parametrize("pattern", [("global",), ("local",)])
+def test_bf16_training_on_the_cpu_attends_in_fp32_and_inference_in_bf16(monkeypatch, pattern):
+    """In a bf16 training forward each layer's attention gets fp32 copies of q, k, v (the fused CPU
+    kernel's bf16 backward is slow) and hands back bf16; without gradients it stays bf16. Loss and
+    gradients stay close to fp32's, and the RMSNorm of QK-norm takes bf16 queries without a warning."""
+    seen = []
+    kind = layers.ATTENTIONS[pattern[0]]
+    compute = kind.compute
+    monkeypatch.setattr(kind, "compute", lambda self, q, k, v: seen.append(q.dtype) or compute(self, q, k, v))
+    config = GPT.get_default_config()
+    config.merge_from_dict(dict(model_type=None, n_layer=2, n_head=2, n_embd=32, vocab_size=11, block_size=16,
+                                attention_pattern=pattern, window_size=4, norm="rmsnorm", qk_norm=True,
+                                position_encoding="rope", embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0))
+    torch.manual_seed(0)
+    model = GPT(config)
+    x = torch.randint(0, 11, (3, 16))
+    _, fp32_loss = model(x, x)
+    fp32_grads = torch.autograd.grad(fp32_loss, list(model.parameters()))
+    seen.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (PyTorch warns of an fp32 gain on bf16 input)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, loss = model(x, x)
+            grads = torch.autograd.grad(loss, list(model.parameters()))
+            assert seen == [torch.float32] * 2
+            seen.clear()
+            with torch.no_grad():
+                model(x, x)
+            assert seen == [torch.bfloat16] * 2
+    assert loss.item() != fp32_loss.item() and loss.item() == pytest.approx(fp32_loss.item(), abs=0.02)
+    for ours, theirs in zip(grads, fp32_grads):
+        assert (ours - theirs).abs().max() <= 0.05 * theirs.abs().max() + 1e-4

@@ -35,6 +35,16 @@ def test_auto_is_fp32_on_the_cpu():
     assert resolve_dtype("auto", torch.device("cpu")) is None
 
 
+@pytest.mark.parametrize("avx512_bf16,amx,expected", [(True, False, torch.bfloat16), (False, True, torch.bfloat16),
+                                                      (False, False, None)])
+def test_fast_is_bf16_on_a_cpu_that_multiplies_bf16_natively_and_fp32_on_others(monkeypatch, avx512_bf16, amx,
+                                                                                 expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert resolve_dtype("fast", torch.device("cpu")) == expected
+    assert resolve_dtype("auto", torch.device("cpu")) is None  # the same result on every CPU
+
+
 def test_bf16_autocast_on_the_cpu_trains_close_to_fp32_with_fp32_weights(tmp_path):
     """Explicit bf16 works on the CPU too (slow without AMX: for tests and CPUs that have it)."""
     bf16 = train(tmp_path / "bf16", dtype="bf16")

@@ -12,6 +12,7 @@ import torch
 from mingpt import recipes
 from mingpt.cli import JOBS, run_job, take_recipe
 from mingpt.recipes import Recipe
+from mingpt.utils import cpu_multiplies_bf16
 
 TRAINING_JOBS = ("adder", "chargpt", "train", "words")
 TINY = ["--model.model_type=None", "--model.n_layer=1", "--model.n_head=2", "--model.n_embd=16",
@@ -134,6 +135,7 @@ def test_the_speedrun_recipe_trains_its_model_end_to_end(corpus, tmp_path, capsy
     assert status == 0, capsys.readouterr().err
     config = json.loads((work_dir / "config.json").read_text())
     assert config["model"]["position_encoding"] == "rope" and config["trainer"]["optimizer"] == "muon"
+    assert config["resolved"]["dtype"] == ("bf16" if cpu_multiplies_bf16() else "fp32")  # dtype 'fast'
     summary = json.loads((work_dir / "summary.json").read_text())
     vocab = len(set(corpus.read_text()))
     assert summary["iters"] == 6 and summary["val_loss"] < math.log(vocab)  # it learnt something

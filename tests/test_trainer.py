@@ -149,7 +149,7 @@ def test_divergence_names_the_iteration_and_keeps_the_last_good_checkpoint(tmp_p
     ("batch_size", 0, "batch_size=0 must be >= 1"),
     ("learning_rate", 0.0, "learning_rate=0.0 must be > 0"),
     ("grad_accum_steps", 0, "grad_accum_steps=0 must be >= 1"),
-    ("dtype", "fp8", "trainer.dtype='fp8' must be one of 'auto', 'fp32', 'bf16', 'fp16'"),
+    ("dtype", "fp8", "trainer.dtype='fp8' must be one of 'auto', 'fast', 'fp32', 'bf16', 'fp16'"),
     ("max_seconds", 0, "trainer.max_seconds=0 must be > 0, or None"),
     ("target_val_loss", "low", "trainer.target_val_loss='low' must be a number, or None"),
 ])
