@@ -283,9 +283,19 @@ class DiLoCo:
         generator.manual_seed(batch_seed(self._base_seed, self.worker, iteration))
 
     def counters(self, iterations: int) -> dict[str, int]:
+        """comm_bytes: what this process sent to other workers (the outer exchanges); syncs: the
+        outer steps committed. With DDP inside the worker, inner_comm_bytes: what this rank sent
+        to the worker's other ranks (the gradient all-reduces, on the worker's own fast links),
+        kept apart. (Under torchrun every rank exchanges the whole outer gradient with the ranks
+        of its local rank in the other workers, as torchft pairs them: the worker as a whole sends
+        world_size x comm_bytes.)"""
         manager = self.manager
-        return {"comm_bytes": self._comm_before + (manager.comm_bytes if manager else 0),
-                "syncs": self._syncs_before + (manager.syncs if manager else 0)}
+        counts = {"comm_bytes": self._comm_before + (manager.comm_bytes if manager else 0),
+                  "syncs": self._syncs_before + (manager.syncs if manager else 0)}
+        inner = self.inner.counters(iterations)
+        if "comm_bytes" in inner:
+            counts["inner_comm_bytes"] = inner["comm_bytes"]
+        return counts
 
     def checkpoint_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
         """The outer state, for exact resume: each fragment's global weights and outer momentum,

@@ -302,3 +302,88 @@ def test_a_group_stopped_by_sigterm_resumes_from_its_checkpoints(tmp_path, small
     assert "resuming from" in (work_dir / "workers" / "0" / "worker.log").read_text()
     rows = RunFolder(work_dir).read_metrics()
     assert [r["iter"] for r in rows] == list(range(1, 81))
+
+
+@pytest.mark.slow
+def test_ddp_inside_each_worker_and_diloco_between_them(tmp_path, small_text):
+    """Two workers, each a torchrun job of 2 processes (DDP on gloo inside the worker), around
+    one lighthouse: 4 processes, 20 iterations, an outer step every 5. Every process records its
+    final weights, counters and the paths it wrote (tests/diloco_ddp_worker.py). All 4 end with
+    the same weights although the workers drew different batches; only rank 0 of worker 0 writes
+    the shared run folder (rank 0 of worker 1 its own, the ranks 1 nothing); comm_bytes counts
+    only the outer exchanges (one ring all-reduce of the weights' bytes per sync), the DDP
+    gradient all-reduces inside a worker apart, as inner_comm_bytes; and the losses fall."""
+    from safetensors.torch import load_file
+
+    from helpers import PROJECT_ROOT
+    max_iters, sync_every = 20, 5
+    work_dir, out = tmp_path / "run", tmp_path / "out"
+    out.mkdir()
+    args = ["chargpt", f"--data.input={small_text}", f"--system.work_dir={work_dir}", "--model.model_type=gpt-nano",
+            "--model.block_size=32", "--trainer.batch_size=8", f"--trainer.max_iters={max_iters}",
+            "--trainer.learning_rate=3e-3", "--trainer.eval_interval=10", "--trainer.eval_iters=2",
+            "--trainer.log_interval=1", "--trainer.device=cpu", "--trainer.progress_bar=False",
+            "--sample.max_new_tokens=0", f"--diloco.sync_every={sync_every}", "--diloco.min_workers=2",
+            "--diloco.timeout_s=20", "--diloco.quorum_timeout_s=60"]
+    server = LighthouseServer(bind="[::]:0", min_replicas=2, join_timeout_ms=3000, heartbeat_timeout_ms=1000)
+    logs, workers = [tmp_path / f"worker{i}.log" for i in range(2)], []
+    try:
+        for i in range(2):
+            env = {**os.environ, diloco.LIGHTHOUSE_ENV: server.address(), diloco.WORKER_ENV: str(i),
+                   "OMP_NUM_THREADS": "1", "RUST_LOG": "warn",
+                   "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
+            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                       str(Path(__file__).parent / "diloco_ddp_worker.py"), str(out), *args]
+            workers.append(subprocess.Popen(command, stdout=open(logs[i], "w"), stderr=subprocess.STDOUT, env=env,
+                                            start_new_session=True))
+        for i, w in enumerate(workers):
+            try:
+                status = w.wait(timeout=150)
+            except subprocess.TimeoutExpired:
+                status = "hung"
+            assert status == 0, f"worker {i}: {status}\n" + logs[i].read_text()[-3000:]
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                os.killpg(w.pid, signal.SIGKILL)
+        server.shutdown()
+
+    processes = [(worker, rank) for worker in range(2) for rank in range(2)]
+    weights = {p: load_file(str(out / f"{p[0]}-{p[1]}.safetensors")) for p in processes}
+    records = {p: json.loads((out / f"{p[0]}-{p[1]}.json").read_text()) for p in processes}
+    for p in processes:
+        assert weights[p].keys() == weights[0, 0].keys()
+        assert all(torch.equal(weights[p][k], weights[0, 0][k]) for k in weights[p]), f"worker, rank {p}"
+        assert records[p]["inner"] == "ddp"
+
+    # what crosses between workers: per process, one ring all-reduce of the fp32 weights per sync
+    import re
+    n_params = int(re.search(r"model with ([\d,]+) parameters", logs[0].read_text()).group(1).replace(",", ""))
+    per_exchange = distributed.ring_allreduce_bytes(4 * n_params, 2)
+    for p in processes:
+        assert records[p]["counters"] == {"comm_bytes": (max_iters // sync_every) * per_exchange,
+                                          "syncs": max_iters // sync_every,
+                                          "inner_comm_bytes": max_iters * per_exchange}, p
+        assert records[p]["manager_comm_bytes"] == records[p]["counters"]["comm_bytes"]
+
+    # who wrote what: rank 0 of worker 0 the shared folder, rank 0 of worker 1 workers/1, ranks 1 nothing
+    shared, own = work_dir.resolve(), (work_dir / "workers" / "1").resolve()
+    assert records[0, 1]["written"] == [] and records[1, 1]["written"] == []
+    written = {worker: [Path(path) for path in records[worker, 0]["written"]] for worker in range(2)}
+    assert {shared / RunFolder.SUMMARY, shared / RunFolder.METRICS} <= set(written[0])
+    assert not any(path.is_relative_to(shared / "workers") for path in written[0])
+    assert own / RunFolder.SUMMARY in written[1]
+    assert all(path.is_relative_to(own) or path in own.parents for path in written[1]), written[1]
+    summary = json.loads((work_dir / RunFolder.SUMMARY).read_text())
+    assert summary["iters"] == max_iters and summary["comm_bytes"] == records[0, 0]["counters"]["comm_bytes"]
+    assert summary["inner_comm_bytes"] == max_iters * per_exchange
+
+    # each worker its own batches (different losses from the first step), and the losses fall
+    rows = [RunFolder(diloco.worker_folder(work_dir, diloco_config(i, sync_every=sync_every))).read_metrics()
+            for i in range(2)]
+    assert [r["iter"] for r in rows[0]] == list(range(1, max_iters + 1))
+    assert rows[0][0]["loss"] != rows[1][0]["loss"]
+    for worker_rows in rows:
+        first, last = worker_rows[0]["loss"], sum(r["loss"] for r in worker_rows[-5:]) / 5
+        assert last < first - 0.2, (first, last)
+        assert worker_rows[-1]["val_loss"] < first - 0.2
