@@ -387,3 +387,22 @@ def test_ddp_inside_each_worker_and_diloco_between_them(tmp_path, small_text):
         first, last = worker_rows[0]["loss"], sum(r["loss"] for r in worker_rows[-5:]) / 5
         assert last < first - 0.2, (first, last)
         assert worker_rows[-1]["val_loss"] < first - 0.2
+
+
+def test_the_network_namespace_benchmark_refuses_in_one_line_without_root(monkeypatch, capsys):
+    """benchmarks/diloco_netns.py makes namespaces, links and qdiscs: as another user it stops
+    at once, in one line that says why, before it makes anything."""
+    import importlib.util
+
+    from helpers import PROJECT_ROOT
+    monkeypatch.setattr(sys, "path", sys.path[:])  # (the script puts benchmarks/ on it)
+    spec = importlib.util.spec_from_file_location("diloco_netns", PROJECT_ROOT / "benchmarks" / "diloco_netns.py")
+    netns = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(netns)
+    made = []
+    monkeypatch.setattr(netns, "sh", lambda *command: made.append(command))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(sys, "argv", ["diloco_netns.py", "--rates=10"])
+    assert netns.main() == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "must run as root" in err and not made
