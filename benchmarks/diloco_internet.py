@@ -47,8 +47,16 @@ def bytes_per_parameter() -> dict[str, float]:
     return found
 
 
-def exchange_s(params: float, bytes_per_param: float, bandwidth: float, n: int = WORKERS) -> float:
-    return 2 * (n - 1) * LATENCY_S + 2 * (n - 1) / n * params * bytes_per_param * 8 / bandwidth
+def exchange_s(params: float, bytes_per_param: float, bandwidth: float, n: int = WORKERS,
+               latency_s: float = LATENCY_S) -> float:
+    """The model's time of one ring exchange (benchmarks/diloco_netns.py checks it on a real link)."""
+    return 2 * (n - 1) * latency_s + 2 * (n - 1) / n * params * bytes_per_param * 8 / bandwidth
+
+
+def step_s(compute_s: float, h: int, sync_s: float) -> float:
+    """The model's wall time of one step: DDP (h=1) overlaps its all-reduce with compute, DiLoCo
+    adds one unoverlapped exchange every h steps."""
+    return max(compute_s, sync_s) if h == 1 else (h * compute_s + sync_s) / h
 
 
 def main() -> None:
@@ -64,7 +72,7 @@ def main() -> None:
             for scheme, h, packing in SCHEMES:
                 b = wire[packing]
                 sync = exchange_s(params, b, bandwidth)
-                wall = max(step, sync) if h == 1 else (h * step + sync) / h
+                wall = step_s(step, h, sync)
                 rows.append({"model": model, "link": link, "scheme": scheme, "H": h, "compute_s_per_step": step,
                              "wall_s_per_step": wall, "utilisation": step / wall,
                              "bytes_per_step": 2 * (WORKERS - 1) / WORKERS * params * b / h})

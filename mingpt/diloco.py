@@ -212,6 +212,8 @@ class DiLoCo:
         self._comm_before, self._syncs_before = 0, 0  # a resumed run's counts up to its checkpoint
         self.manager = self.diloco = None
         self._base_seed = 0
+        # iterations a heal jumped over (the inner strategy counts its steps by the iteration)
+        self._drawn_iteration, self._iterations_healed_over = 0, 0
 
     # the inner strategy's part, unchanged
     def wrap(self, model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None, compile: bool) -> nn.Module:
@@ -250,6 +252,7 @@ class DiLoCo:
             if state.get("config_hash") != mine:
                 raise ConfigError(_mismatch(mine, state.get("config_hash")))
             load_live_state(state)
+            self._iterations_healed_over += state["iter_num"] - self._drawn_iteration
 
         manager_class = _manager_class()
         try:
@@ -280,12 +283,23 @@ class DiLoCo:
                      f"fragment(s), {c.packing}), lighthouse {os.environ[LIGHTHOUSE_ENV]}, config {mine}")
 
     def before_draw(self, generator: torch.Generator, iteration: int) -> None:
+        self._drawn_iteration = iteration
         generator.manual_seed(batch_seed(self._base_seed, self.worker, iteration))
 
     def counters(self, iterations: int) -> dict[str, int]:
+        """comm_bytes: what this process sent to other workers (the outer exchanges); syncs: the
+        outer steps committed. With DDP inside the worker, inner_comm_bytes: what this rank sent
+        to the worker's other ranks (the gradient all-reduces, on the worker's own fast links),
+        kept apart. (Under torchrun every rank exchanges the whole outer gradient with the ranks
+        of its local rank in the other workers, as torchft pairs them: the worker as a whole sends
+        world_size x comm_bytes.)"""
         manager = self.manager
-        return {"comm_bytes": self._comm_before + (manager.comm_bytes if manager else 0),
-                "syncs": self._syncs_before + (manager.syncs if manager else 0)}
+        counts = {"comm_bytes": self._comm_before + (manager.comm_bytes if manager else 0),
+                  "syncs": self._syncs_before + (manager.syncs if manager else 0)}
+        inner = self.inner.counters(iterations - self._iterations_healed_over)  # (the steps it took)
+        if "comm_bytes" in inner:
+            counts["inner_comm_bytes"] = inner["comm_bytes"]
+        return counts
 
     def checkpoint_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
         """The outer state, for exact resume: each fragment's global weights and outer momentum,
@@ -298,7 +312,8 @@ class DiLoCo:
                 if s.get("momentum_buffer") is not None:
                     tensors[f"diloco.{i}.momentum.{index}"] = s["momentum_buffer"].detach().clone()
         meta = {"local_step": self.diloco._local_step, "manager": self.manager.state_dict(),
-                "config_hash": self.config_hash, **self.counters(0)}
+                "config_hash": self.config_hash, "iterations_healed_over": self._iterations_healed_over,
+                **{k: v for k, v in self.counters(0).items() if k != "inner_comm_bytes"}}
         return {"diloco": meta}, tensors
 
     def load_checkpoint_state(self, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
@@ -320,6 +335,7 @@ class DiLoCo:
         self.diloco._local_step = saved["local_step"]
         self.manager.load_state_dict(saved["manager"])
         self._comm_before, self._syncs_before = saved["comm_bytes"], saved["syncs"]
+        self._iterations_healed_over = saved.get("iterations_healed_over", 0)
 
     def close(self) -> None:
         if self.diloco is not None:

@@ -302,3 +302,173 @@ def test_a_group_stopped_by_sigterm_resumes_from_its_checkpoints(tmp_path, small
     assert "resuming from" in (work_dir / "workers" / "0" / "worker.log").read_text()
     rows = RunFolder(work_dir).read_metrics()
     assert [r["iter"] for r in rows] == list(range(1, 81))
+
+
+def ddp_worker_args(text: Path, work_dir: Path, max_iters: int, min_workers: int, eval_interval: int) -> list[str]:
+    return ["chargpt", f"--data.input={text}", f"--system.work_dir={work_dir}", "--model.model_type=gpt-nano",
+            "--model.block_size=32", "--trainer.batch_size=8", f"--trainer.max_iters={max_iters}",
+            "--trainer.learning_rate=3e-3", f"--trainer.eval_interval={eval_interval}", "--trainer.eval_iters=2",
+            "--trainer.log_interval=1", "--trainer.device=cpu", "--trainer.progress_bar=False",
+            "--sample.max_new_tokens=0", "--diloco.sync_every=5", f"--diloco.min_workers={min_workers}",
+            "--diloco.timeout_s=20", "--diloco.quorum_timeout_s=60"]
+
+
+def start_ddp_worker(worker: int, out: Path, args: list[str], lighthouse_address: str, log: Path) -> subprocess.Popen:
+    """One worker of 2 processes: torchrun around tests/diloco_ddp_worker.py, which runs `mingpt
+    JOB args` and records each process's weights, counters and writes in out."""
+    from helpers import PROJECT_ROOT
+    env = {**os.environ, diloco.LIGHTHOUSE_ENV: lighthouse_address, diloco.WORKER_ENV: str(worker),
+           "OMP_NUM_THREADS": "1", "RUST_LOG": "warn",
+           "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(Path(__file__).parent / "diloco_ddp_worker.py"), str(out), *args]
+    return subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def wait_for_workers(workers: list[subprocess.Popen], logs: list[Path], timeout: float = 150) -> None:
+    for i, w in enumerate(workers):
+        try:
+            status = w.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            status = "hung"
+        assert status == 0, f"worker {i}: {status}\n" + logs[i].read_text()[-3000:]
+
+
+def kill_workers(workers: list[subprocess.Popen]) -> None:
+    for w in workers:
+        if w.poll() is None:
+            os.killpg(w.pid, signal.SIGKILL)  # (the torchrun job's own session: it and its ranks)
+            w.wait()
+
+
+def recorded(out: Path) -> tuple[dict, dict]:
+    """Per (worker, rank): the final weights, and the record (counters, writes) of that process."""
+    from safetensors.torch import load_file
+    processes = [(worker, rank) for worker in range(2) for rank in range(2)]
+    return ({p: load_file(str(out / f"{p[0]}-{p[1]}.safetensors")) for p in processes},
+            {p: json.loads((out / f"{p[0]}-{p[1]}.json").read_text()) for p in processes})
+
+
+def bytes_per_exchange(log: Path) -> int:
+    """A 2-way ring all-reduce of the model's fp32 weights (what DDP sends per step, and DiLoCo's
+    fp32 exchange per sync), from the parameter count the job logs."""
+    import re
+    n_params = int(re.search(r"model with ([\d,]+) parameters", log.read_text()).group(1).replace(",", ""))
+    return distributed.ring_allreduce_bytes(4 * n_params, 2)
+
+
+@pytest.mark.slow
+def test_ddp_inside_each_worker_and_diloco_between_them(tmp_path, small_text):
+    """Two workers, each a torchrun job of 2 processes (DDP on gloo inside the worker), around
+    one lighthouse: 4 processes, 20 iterations, an outer step every 5. Every process records its
+    final weights, counters and the paths it wrote (tests/diloco_ddp_worker.py). All 4 end with
+    the same weights although the workers drew different batches; only rank 0 of worker 0 writes
+    the shared run folder (rank 0 of worker 1 its own, the ranks 1 nothing); comm_bytes counts
+    only the outer exchanges (one ring all-reduce of the weights' bytes per sync), the DDP
+    gradient all-reduces inside a worker apart, as inner_comm_bytes; and the losses fall."""
+    max_iters, sync_every = 20, 5
+    work_dir, out = tmp_path / "run", tmp_path / "out"
+    out.mkdir()
+    args = ddp_worker_args(small_text, work_dir, max_iters, min_workers=2, eval_interval=10)
+    server = LighthouseServer(bind="[::]:0", min_replicas=2, join_timeout_ms=3000, heartbeat_timeout_ms=1000)
+    logs, workers = [tmp_path / f"worker{i}.log" for i in range(2)], []
+    try:
+        workers = [start_ddp_worker(i, out, args, server.address(), logs[i]) for i in range(2)]
+        wait_for_workers(workers, logs)
+    finally:
+        kill_workers(workers)
+        server.shutdown()
+
+    weights, records = recorded(out)
+    for p in weights:
+        assert weights[p].keys() == weights[0, 0].keys()
+        assert all(torch.equal(weights[p][k], weights[0, 0][k]) for k in weights[p]), f"worker, rank {p}"
+        assert records[p]["inner"] == "ddp"
+
+    # what crosses between workers: per process, one ring all-reduce of the fp32 weights per sync
+    per_exchange = bytes_per_exchange(logs[0])
+    for p in records:
+        assert records[p]["counters"] == {"comm_bytes": (max_iters // sync_every) * per_exchange,
+                                          "syncs": max_iters // sync_every,
+                                          "inner_comm_bytes": max_iters * per_exchange}, p
+        assert records[p]["manager_comm_bytes"] == records[p]["counters"]["comm_bytes"]
+
+    # who wrote what: rank 0 of worker 0 the shared folder, rank 0 of worker 1 workers/1, ranks 1 nothing
+    shared, own = work_dir.resolve(), (work_dir / "workers" / "1").resolve()
+    assert records[0, 1]["written"] == [] and records[1, 1]["written"] == []
+    written = {worker: [Path(path) for path in records[worker, 0]["written"]] for worker in range(2)}
+    assert {shared / RunFolder.SUMMARY, shared / RunFolder.METRICS} <= set(written[0])
+    assert not any(path.is_relative_to(shared / "workers") for path in written[0])
+    assert own / RunFolder.SUMMARY in written[1]
+    assert all(path.is_relative_to(own) or path in own.parents for path in written[1]), written[1]
+    summary = json.loads((work_dir / RunFolder.SUMMARY).read_text())
+    assert summary["iters"] == max_iters and summary["comm_bytes"] == records[0, 0]["counters"]["comm_bytes"]
+    assert summary["inner_comm_bytes"] == max_iters * per_exchange
+
+    # each worker its own batches (different losses from the first step), and the losses fall
+    rows = [RunFolder(diloco.worker_folder(work_dir, diloco_config(i, sync_every=sync_every))).read_metrics()
+            for i in range(2)]
+    assert [r["iter"] for r in rows[0]] == list(range(1, max_iters + 1))
+    assert rows[0][0]["loss"] != rows[1][0]["loss"]
+    for worker_rows in rows:
+        first, last = worker_rows[0]["loss"], sum(r["loss"] for r in worker_rows[-5:]) / 5
+        assert last < first - 0.2, (first, last)
+        assert worker_rows[-1]["val_loss"] < first - 0.2
+
+
+
+@pytest.mark.slow
+def test_a_worker_of_several_ranks_joining_late_is_healed_rank_by_rank(tmp_path, small_text):
+    """Worker 0 (2 processes, min_workers=1) trains alone; worker 1 (2 processes) starts once
+    worker 0 has logged an iteration, and at its first sync each of its ranks is healed from the
+    rank of the same number in worker 0 (weights, optimizers, iteration). All 4 end with the
+    same weights; worker 1 counts the DDP all-reduces of the steps it took (its metrics rows),
+    not of the iterations the heal jumped over, and both count the same outer exchanges."""
+    max_iters = 600  # (long enough for worker 1 to start while worker 0 trains)
+    work_dir, out = tmp_path / "run", tmp_path / "out"
+    out.mkdir()
+    args = ddp_worker_args(small_text, work_dir, max_iters, min_workers=1, eval_interval=300)
+    server = LighthouseServer(bind="[::]:0", min_replicas=1, join_timeout_ms=1000, heartbeat_timeout_ms=1000)
+    logs, workers = [tmp_path / f"worker{i}.log" for i in range(2)], []
+    try:
+        workers.append(start_ddp_worker(0, out, args, server.address(), logs[0]))
+        deadline = time.time() + 120
+        while last_iter(work_dir) < 1:
+            assert workers[0].poll() is None and time.time() < deadline, logs[0].read_text()[-3000:]
+            time.sleep(0.05)
+        workers.append(start_ddp_worker(1, out, args, server.address(), logs[1]))
+        wait_for_workers(workers, logs)
+    finally:
+        kill_workers(workers)
+        server.shutdown()
+    assert "healed from a live peer" in logs[1].read_text(), "worker 0 ended before worker 1 joined"
+    weights, records = recorded(out)
+    for p in weights:
+        assert all(torch.equal(weights[p][k], weights[0, 0][k]) for k in weights[p]), f"worker, rank {p}"
+    per_exchange = bytes_per_exchange(logs[0])
+    steps_taken = len(RunFolder(work_dir / "workers" / "1").read_metrics())
+    assert steps_taken < max_iters - 5  # (the heal jumped over a round at least)
+    for rank in range(2):
+        joiner, first = records[1, rank]["counters"], records[0, rank]["counters"]
+        assert joiner["inner_comm_bytes"] == steps_taken * per_exchange
+        assert first["inner_comm_bytes"] == max_iters * per_exchange
+        assert joiner["comm_bytes"] == first["comm_bytes"] == joiner["syncs"] * per_exchange
+        assert first["syncs"] == max_iters // 5
+
+def test_the_network_namespace_benchmark_refuses_in_one_line_without_root(monkeypatch, capsys):
+    """benchmarks/diloco_netns.py makes namespaces, links and qdiscs: as another user it stops
+    at once, in one line that says why, before it makes anything."""
+    import importlib.util
+
+    from helpers import PROJECT_ROOT
+    monkeypatch.setattr(sys, "path", sys.path[:])  # (the script puts benchmarks/ on it)
+    spec = importlib.util.spec_from_file_location("diloco_netns", PROJECT_ROOT / "benchmarks" / "diloco_netns.py")
+    netns = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(netns)
+    made = []
+    monkeypatch.setattr(netns, "sh", lambda *command: made.append(command))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(sys, "argv", ["diloco_netns.py", "--rates=10"])
+    assert netns.main() == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "must run as root" in err and not made
