@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from mingpt import recipes  # noqa: E402
 from mingpt.utils import cpu_multiplies_bf16  # noqa: E402
+
+from decode import cpu_name  # noqa: E402  (benchmarks/decode.py, beside this script)
 
 DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 TARGET = 1.88
@@ -141,21 +142,13 @@ def main() -> None:
     print(f"wrote {args.out}")
 
 
-def cpu_name() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux), with its core count: figures differ by CPU."""
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-             if line.startswith("model name")] if cpuinfo.exists() else []
-    return f"{names[0] if names else platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-
-
 def seeds(text: str) -> list[int]:
     return [int(seed) for seed in text.split(",") if seed]
 
 
 def summarize(rows: list[dict]) -> dict:
     """The rows, and the speedrun's median time against the GPT-2 recipe's where both ran."""
-    result = {"cpu": cpu_name(), "cpu_multiplies_bf16": cpu_multiplies_bf16(), "target": TARGET, "rows": rows}
+    result = {"cpu": f"{cpu_name()}, {os.cpu_count()} cores", "cpu_multiplies_bf16": cpu_multiplies_bf16(), "target": TARGET, "rows": rows}
     speed = [r["wall_s"] for r in rows if r["recipe"] == "speedrun" and not r["ablation"]]
     base = [r["wall_s"] for r in rows if r["recipe"] == "gpt2" and not r["ablation"]]
     if speed and base:
