@@ -11,7 +11,9 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -225,7 +227,25 @@ def start_worker(worker: int, args: list[str], lighthouse_address: str, log: Pat
     env = {**os.environ, diloco.LIGHTHOUSE_ENV: lighthouse_address, diloco.WORKER_ENV: str(worker),
            "OMP_NUM_THREADS": "1", "RUST_LOG": "warn"}
     return subprocess.Popen([sys.executable, "-m", "mingpt", *args], stdout=open(log, "a"),
-                            stderr=subprocess.STDOUT, env=env)
+                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+@contextmanager
+def worker_group(min_replicas: int, join_timeout_ms: int) -> Iterator[tuple[str, list[subprocess.Popen]]]:
+    """A lighthouse, and the list of worker jobs the caller starts against its address; on the
+    way out every job still running is killed (its whole session: under torchrun, its ranks too)
+    and the lighthouse shut down."""
+    server = LighthouseServer(bind="[::]:0", min_replicas=min_replicas, join_timeout_ms=join_timeout_ms,
+                              heartbeat_timeout_ms=1000)
+    workers: list[subprocess.Popen] = []
+    try:
+        yield server.address(), workers
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                os.killpg(w.pid, signal.SIGKILL)
+                w.wait()
+        server.shutdown()
 
 
 def last_iter(work_dir: Path) -> int:
@@ -248,23 +268,20 @@ def test_a_killed_worker_does_not_stop_the_others_and_rejoins_when_started_again
                                "--heartbeat_timeout_s=1", *worker_args(small_text, tmp_path / "unbroken", max_iters)],
                               capture_output=True, text=True, timeout=300)
     assert unbroken.returncode == 0, unbroken.stderr[-3000:]
-    server = LighthouseServer(bind="[::]:0", min_replicas=2, join_timeout_ms=3000, heartbeat_timeout_ms=1000)
     work_dir, logs = tmp_path / "broken", tmp_path / "logs"
     logs.mkdir()
-    try:
-        args = worker_args(small_text, work_dir, max_iters)
-        workers = [start_worker(i, args, server.address(), logs / f"{i}.log") for i in range(3)]
+    args = worker_args(small_text, work_dir, max_iters)
+    with worker_group(min_replicas=2, join_timeout_ms=3000) as (address, workers):
+        workers += [start_worker(i, args, address, logs / f"{i}.log") for i in range(3)]
         deadline = time.time() + 120
         while last_iter(work_dir / "workers" / "2") < 13:  # mid-round (rounds end at 10, 20, ...)
             assert workers[2].poll() is None and time.time() < deadline, (logs / "2.log").read_text()[-3000:]
             time.sleep(0.05)
         os.kill(workers[2].pid, signal.SIGKILL)
         workers[2].wait()
-        workers[2] = start_worker(2, args + ["--system.overwrite=true"], server.address(), logs / "2.log")
+        workers[2] = start_worker(2, args + ["--system.overwrite=true"], address, logs / "2.log")
         for i, w in enumerate(workers):
             assert w.wait(timeout=300) == 0, (logs / f"{i}.log").read_text()[-3000:]
-    finally:
-        server.shutdown()
     assert "healed from a live peer" in (logs / "2.log").read_text()
     summaries = [json.loads((diloco.worker_folder(work_dir, diloco_config(i, sync_every=10)) / "summary.json")
                             .read_text()) for i in range(3)]
@@ -334,13 +351,6 @@ def wait_for_workers(workers: list[subprocess.Popen], logs: list[Path], timeout:
         assert status == 0, f"worker {i}: {status}\n" + logs[i].read_text()[-3000:]
 
 
-def kill_workers(workers: list[subprocess.Popen]) -> None:
-    for w in workers:
-        if w.poll() is None:
-            os.killpg(w.pid, signal.SIGKILL)  # (the torchrun job's own session: it and its ranks)
-            w.wait()
-
-
 def recorded(out: Path) -> tuple[dict, dict]:
     """Per (worker, rank): the final weights, and the record (counters, writes) of that process."""
     from safetensors.torch import load_file
@@ -370,14 +380,10 @@ def test_ddp_inside_each_worker_and_diloco_between_them(tmp_path, small_text):
     work_dir, out = tmp_path / "run", tmp_path / "out"
     out.mkdir()
     args = ddp_worker_args(small_text, work_dir, max_iters, min_workers=2, eval_interval=10)
-    server = LighthouseServer(bind="[::]:0", min_replicas=2, join_timeout_ms=3000, heartbeat_timeout_ms=1000)
-    logs, workers = [tmp_path / f"worker{i}.log" for i in range(2)], []
-    try:
-        workers = [start_ddp_worker(i, out, args, server.address(), logs[i]) for i in range(2)]
+    logs = [tmp_path / f"worker{i}.log" for i in range(2)]
+    with worker_group(min_replicas=2, join_timeout_ms=3000) as (address, workers):
+        workers += [start_ddp_worker(i, out, args, address, logs[i]) for i in range(2)]
         wait_for_workers(workers, logs)
-    finally:
-        kill_workers(workers)
-        server.shutdown()
 
     weights, records = recorded(out)
     for p in weights:
@@ -416,7 +422,6 @@ def test_ddp_inside_each_worker_and_diloco_between_them(tmp_path, small_text):
         assert worker_rows[-1]["val_loss"] < first - 0.2
 
 
-
 @pytest.mark.slow
 def test_a_worker_of_several_ranks_joining_late_is_healed_rank_by_rank(tmp_path, small_text):
     """Worker 0 (2 processes, min_workers=1) trains alone; worker 1 (2 processes) starts once
@@ -428,19 +433,15 @@ def test_a_worker_of_several_ranks_joining_late_is_healed_rank_by_rank(tmp_path,
     work_dir, out = tmp_path / "run", tmp_path / "out"
     out.mkdir()
     args = ddp_worker_args(small_text, work_dir, max_iters, min_workers=1, eval_interval=300)
-    server = LighthouseServer(bind="[::]:0", min_replicas=1, join_timeout_ms=1000, heartbeat_timeout_ms=1000)
-    logs, workers = [tmp_path / f"worker{i}.log" for i in range(2)], []
-    try:
-        workers.append(start_ddp_worker(0, out, args, server.address(), logs[0]))
+    logs = [tmp_path / f"worker{i}.log" for i in range(2)]
+    with worker_group(min_replicas=1, join_timeout_ms=1000) as (address, workers):
+        workers.append(start_ddp_worker(0, out, args, address, logs[0]))
         deadline = time.time() + 120
         while last_iter(work_dir) < 1:
             assert workers[0].poll() is None and time.time() < deadline, logs[0].read_text()[-3000:]
             time.sleep(0.05)
-        workers.append(start_ddp_worker(1, out, args, server.address(), logs[1]))
+        workers.append(start_ddp_worker(1, out, args, address, logs[1]))
         wait_for_workers(workers, logs)
-    finally:
-        kill_workers(workers)
-        server.shutdown()
     assert "healed from a live peer" in logs[1].read_text(), "worker 0 ended before worker 1 joined"
     weights, records = recorded(out)
     for p in weights:
@@ -454,6 +455,7 @@ def test_a_worker_of_several_ranks_joining_late_is_healed_rank_by_rank(tmp_path,
         assert first["inner_comm_bytes"] == max_iters * per_exchange
         assert joiner["comm_bytes"] == first["comm_bytes"] == joiner["syncs"] * per_exchange
         assert first["syncs"] == max_iters // 5
+
 
 def test_the_network_namespace_benchmark_refuses_in_one_line_without_root(monkeypatch, capsys):
     """benchmarks/diloco_netns.py makes namespaces, links and qdiscs: as another user it stops
