@@ -54,7 +54,7 @@ PARTS = {
     "bf16 (where native)": {"trainer.dtype": "auto"},
     "Muon": {"trainer.optimizer": "adamw", "trainer.muon_ns_dtype": "auto",
              "trainer.muon_momentum_warmup_iters": 300},
-    "WSD": {"trainer.lr_schedule": "cosine", "trainer.cooldown_fraction": 0.2},
+    "WSD": {"trainer.lr_schedule": "cosine", "trainer.cooldown_fraction": 0.2, "trainer.min_lr_ratio": 0.3},
 }
 ALONE_EVAL_INTERVAL = 100  # the GPT-2 recipe evaluates every 250: too coarse to tell the parts apart
 

@@ -34,6 +34,7 @@ MODERN_PARTS = {
     "trainer.optimizer": "muon", "trainer.muon_ns_dtype": "fast", "trainer.learning_rate": 3e-3,
     "trainer.muon_momentum_warmup_iters": 100, "trainer.lr_decay": True,
     "trainer.lr_schedule": "wsd", "trainer.cooldown_fraction": 0.4,
+    "trainer.min_lr_ratio": 0.0,  # the cooldown ends at 0 (chargpt's 0.3 suits its cosine)
 }
 
 RECIPES: dict[str, Recipe] = {
@@ -44,7 +45,7 @@ RECIPES: dict[str, Recipe] = {
     "speedrun": Recipe(
         "the fastest recipe found to a char-level val loss on the CPU: 3 layers of 128, RoPE, RMSNorm, "
         "QK-norm, ReLU^2, no biases, untied and zero-initialised projections, soft-capped logits, "
-        "Muon + AdamW, WSD with a long cooldown, bf16 where the CPU has it, 240 iterations of batch 24, "
+        "Muon + AdamW, WSD with a long cooldown to 0, bf16 where the CPU has it, 240 iterations of batch 24, "
         "evaluated once at the end",
         {"model.model_type": None, "model.n_layer": 3, "model.n_head": 4, "model.n_embd": 128,
          **MODERN_PARTS, "trainer.warmup_iters": 20,

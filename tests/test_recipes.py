@@ -157,6 +157,7 @@ def test_the_five_minutes_recipe_trains_until_its_time_budget(corpus, tmp_path, 
     lrs = [row["lr"] for row in rows]
     assert lrs[0] == config["trainer"]["learning_rate"]  # (no warmup here)
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # the cooldown follows the clock: test_trainer.py
+    assert lrs[-1] < 0.15 * lrs[0]  # and has come most of the way down to the recipe's floor, 0
 
 
 def test_the_gpt2_124m_recipe_is_the_published_model_and_524288_tokens_a_step_on_8_ranks():
