@@ -273,9 +273,15 @@ def prepare_shards(source: Source, out_dir: Path, tokenizer: Any, shard_tokens: 
         progress.documents, progress.skip_tokens, progress.place = first_doc, 0, None
         _finish_shard(out_dir, progress, buffer[:fill])
     tokenizer.save(out_dir)
+    return _finish_preparation(out_dir, progress, source, tokenizer, dtype, documents=first_doc)
+
+
+def _finish_preparation(out_dir: Path, progress: Progress, source: Source, tokenizer: Any, dtype: np.dtype,
+                        documents: int) -> dict:
+    """Write meta.json (what the shards hold, for the loader) and mark the preparation done."""
     counts = {split: sum(s["tokens"] for s in progress.shards if s["file"].startswith(split)) for split in ("train", "val")}
     meta = {"dtype": dtype.name, "vocab_size": tokenizer.vocab_size, "train_tokens": counts["train"],
-            "val_tokens": counts["val"], "sources": [f"{PREFIX}{source.name}"], "documents": first_doc,
+            "val_tokens": counts["val"], "sources": [f"{PREFIX}{source.name}"], "documents": documents,
             "shards": {split: [s["file"] for s in progress.shards if s["file"].startswith(split)]
                        for split in ("train", "val")}}
     write_json(out_dir / "meta.json", meta)

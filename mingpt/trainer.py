@@ -113,15 +113,7 @@ class Trainer:
         joins the job, see mingpt/distributed.py) and the run folder prepared.
         """
         check_config(config)
-        if config.target_val_loss is not None and val_dataset is None:
-            raise ValueError(f"trainer.target_val_loss={config.target_val_loss} needs validation data to be "
-                             f"reached; pass a val_dataset, or leave the target at None")
-        if config.eval_task is not None and eval_task is None:
-            raise ValueError(f"trainer.eval_task={config.eval_task!r} needs the task itself: Trainer(..., "
-                             f"eval_task=fn) (the jobs train, words and chargpt build it), or leave it at None")
-        if eval_task is not None and config.eval_task is None:
-            raise ValueError("Trainer(..., eval_task=fn) needs the task's name in trainer.eval_task "
-                             "(e.g. 'hellaswag'), which prefixes its scores in metrics.jsonl")
+        _check_what_the_config_needs(config, val_dataset, eval_task)
         self.eval_task = eval_task
         self.config = config
         chosen = runtime.choose(config.device, config.dtype)  # (worked out; nothing is changed)
@@ -703,6 +695,20 @@ def resolve_accumulation(c: CfgNode, world_size: int) -> int:
                          f"trainer.batch_size x processes = {c.batch_size} x {world_size} = {per_pass}, "
                          f"with trainer.grad_accum_steps left at 1 (it follows); change either")
     return c.global_batch_size // per_pass
+
+
+def _check_what_the_config_needs(config: CfgNode, val_dataset: Dataset | None, eval_task: EvalTask | None) -> None:
+    """Refuse a Trainer whose config asks for what it was not given: a target val loss without
+    validation data, an eval_task's name without the task, or a task without its name."""
+    if config.target_val_loss is not None and val_dataset is None:
+        raise ValueError(f"trainer.target_val_loss={config.target_val_loss} needs validation data to be "
+                         f"reached; pass a val_dataset, or leave the target at None")
+    if config.eval_task is not None and eval_task is None:
+        raise ValueError(f"trainer.eval_task={config.eval_task!r} needs the task itself: Trainer(..., "
+                         f"eval_task=fn) (the jobs train, words and chargpt build it), or leave it at None")
+    if eval_task is not None and config.eval_task is None:
+        raise ValueError("Trainer(..., eval_task=fn) needs the task's name in trainer.eval_task "
+                         "(e.g. 'hellaswag'), which prefixes its scores in metrics.jsonl")
 
 
 def check_config(c: CfgNode) -> None:
