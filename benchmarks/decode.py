@@ -1,4 +1,4 @@
-"""Decoding speed on the CPU: generate's usual loop against the static-shape step (mingpt/decode.py),
+"""Decoding speed on the CPU: generate's usual loop against the static-shape step (mingpt/nn/decode.py),
 eager and compiled (torch.compile, inductor), greedy, with random weights.
 
     PYTHONPATH=. python benchmarks/decode.py --models gpt-micro gpt2 --batches 1 8

@@ -8,7 +8,7 @@ Each section runs in its own process with a timeout (min of its budget and what 
 --budget-s); one that runs out or fails is recorded as such, with what it had written so far.
 1. peak: an 8192^3 bf16 matmul, timed with CUDA events (the MFU denominator, measured here).
 2. decode (issue 16): greedy decoding of GPT-2 124M in bf16 at batch 1 and 8, 256 new tokens from
-   16-token prompts: generate's usual loop, the static-shape step (mingpt/decode.py) under
+   16-token prompts: generate's usual loop, the static-shape step (mingpt/nn/decode.py) under
    torch.compile mode="reduce-overhead" (a CUDA graph), Hugging Face transformers' generate (its
    dynamic cache, then its static cache, which it compiles); tokens/s, compile cost, from how many
    new tokens the static step pays, and where the greedy tokens of the ways part (bf16 rounding);
@@ -19,7 +19,7 @@ Each section runs in its own process with a timeout (min of its budget and what 
    6 N + 12 L T C (N: parameters without the position embedding; PaLM appendix B). mingpt has no
    fused cross-entropy: the profile shows what the head and the loss cost.
 4. local (banded) attention, window 256, fwd+bwd in bf16 at T = 2048 and 4096: FlexAttention
-   with the band's block mask (mingpt.kernels.banded) against dense causal SDPA, and its largest
+   with the band's block mask (mingpt.nn.kernels.banded) against dense causal SDPA, and its largest
    difference from the masked reference.
 5. the Trainer on CUDA: `mingpt chargpt` (device auto), resumed, then `mingpt sample`.
 6. train_autotune: the batch-16 step under torch.compile mode="max-autotune" (slow to compile:
@@ -140,7 +140,7 @@ def hf_generate(hf, prompt: torch.Tensor, new_tokens: int, static_cache: bool = 
 
 def decode_check(sizes: Sizes, write) -> dict:
     """Issue 16's decoding section (see the module docstring); write(result) saves it as it grows."""
-    from mingpt import decode
+    from mingpt.nn import decode
     device, n, mode = sizes.device, sizes.new_tokens, "reduce-overhead"
     torch._logging.set_logs(perf_hints=True)  # prints why, if the CUDA graph is skipped
     result = {"new_tokens": n, "prompt": sizes.prompt, "static_mode": mode, "rows": [],
@@ -331,7 +331,7 @@ def local_attention(T: int, window: int = 256, batch: int = 8, repeats: int = 20
     """A GPT-3 local layer's attention on CUDA against a global one's, forward + backward."""
     import torch.nn.functional as F
 
-    from mingpt.kernels.banded import band_mask, banded_attention
+    from mingpt.nn.kernels.banded import band_mask, banded_attention
     q, k, v = (torch.randn(batch, 12, T, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
                for _ in range(3))
     grad = torch.randn_like(q)

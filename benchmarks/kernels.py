@@ -33,8 +33,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mingpt.jobs.bench import SIZES, VOCAB, training_step  # noqa: E402
-from mingpt.kernels import keep_freed_memory  # noqa: E402
-from mingpt.kernels.linear import onednn_linear, slice_weight, sliced_product  # noqa: E402
+from mingpt.nn.kernels import keep_freed_memory  # noqa: E402
+from mingpt.nn.kernels.linear import onednn_linear, slice_weight, sliced_product  # noqa: E402
 
 
 def take_turns(variants: dict[str, Callable[[], object]], rounds: int, warmup: int = 3) -> dict[str, float]:

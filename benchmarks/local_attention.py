@@ -3,7 +3,7 @@
     python benchmarks/local_attention.py             # prints a table, writes benchmarks/local_attention.json
 
 1. One attention layer, forward + backward (12 heads of 64, batch 1, window 256) at T = 1024,
-   2048 and 4096: dense causal SDPA (a global layer), the band through mingpt.kernels.banded (a
+   2048 and 4096: dense causal SDPA (a global layer), the band through mingpt.nn.kernels.banded (a
    local layer), and the band as a boolean mask through SDPA (what the band costs done naively).
 2. A whole training step (forward, backward, AdamW) of a long-context model, 2 layers, 2 heads,
    64 dims, characters, batch 1, at the same lengths: all layers local against all global.
@@ -25,9 +25,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from kernels import take_turns  # noqa: E402  (benchmarks/kernels.py)
 
-from mingpt.generate import KVCache  # noqa: E402
-from mingpt.kernels import keep_freed_memory  # noqa: E402
-from mingpt.kernels.banded import band_mask, banded_attention  # noqa: E402
+from mingpt.nn.cache import KVCache  # noqa: E402
+from mingpt.nn.kernels import keep_freed_memory  # noqa: E402
+from mingpt.nn.kernels.banded import band_mask, banded_attention  # noqa: E402
 from mingpt.model import GPT  # noqa: E402
 
 WINDOW = 256

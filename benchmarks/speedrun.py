@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from mingpt import recipes  # noqa: E402
+from mingpt.jobs import recipes  # noqa: E402
 from mingpt.utils import cpu_multiplies_bf16  # noqa: E402
 
 from decode import cpu_name  # noqa: E402  (benchmarks/decode.py, beside this script)

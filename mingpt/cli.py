@@ -3,7 +3,7 @@ and dispatches.
 
 Each job is a module of mingpt/jobs/ with get_config() -> CfgNode and main(config), imported
 only when it runs; `mingpt <job> --help` lists every key with its default, and the recipes
-(mingpt/recipes.py) for a job whose config has a `recipe` key (the training jobs). A recipe is
+(jobs/recipes.py) for a job whose config has a `recipe` key (the training jobs). A recipe is
 applied to the job's defaults before the command line's own overrides, which win. A user's
 mistake ends in one line on stderr and exit status 1 (`--debug` shows the traceback instead).
 """
@@ -13,7 +13,7 @@ import importlib
 import os
 import sys
 
-from mingpt import recipes
+from mingpt.jobs import recipes
 from mingpt.utils import CfgNode, ConfigError, env_rank
 
 JOBS = {
@@ -89,6 +89,7 @@ def run_job(job: str, args: list[str]) -> int:
             print(config_help(job, config) + (f"\n\n{notes()}" if notes else ""))
             return 0
         config.merge_from_args(args)
+        config.check()  # every value against what its key declares, before any work is done
         module.main(config)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM: the Trainer saved a checkpoint first
         say(f"{prefix(job)}: interrupted{': ' + str(e) if str(e) else ''}")

@@ -3,9 +3,10 @@
 tokens (B, T) -> token + position embeddings -> n_layer x Block -> LayerNorm -> logits (B, T, vocab)
 A Block is pre-LayerNorm: x + attention(ln(x)), then x + mlp(ln(x)). Linear layers have biases,
 GELU is the tanh approximation, positions are learned: all as in OpenAI's GPT-2, so its weights
-load unchanged. Generation keeps a KV cache of past keys/values (generate.py).
+load unchanged. Generation keeps a KV cache of past keys/values (nn/cache.py): the same forward,
+given the new tokens' positions and a cache that tells attention what it sees.
 Each part (norm, positions, activation, the attention of each layer) is chosen once, by name, from
-the tables in layers.py; GPT-2's are the defaults. The family around GPT-2 is a few choices away:
+the tables in nn/layers.py; GPT-2's are the defaults. The family around GPT-2 is a few choices away:
     GPT-1:   norm_position="post" (LayerNorm after each residual sum, none at the end)
     GPT-3:   attention_pattern=("global", "local"): every other layer sees only the last
              window_size positions (GPT-Neo too, with attention_scale=1.0 and no q/k/v biases)
@@ -24,9 +25,11 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from mingpt import decode, layers, pretrained
-from mingpt.generate import KVCache, check_request, choose_next, decoding
-from mingpt.utils import CfgNode
+from mingpt.formats import pretrained
+from mingpt.nn import decode, layers
+from mingpt.nn.cache import KVCache
+from mingpt.nn.generate import check_request, choose_next, decoding
+from mingpt.utils import CfgNode, ConfigError, Setting
 
 
 def _shape(n_layer: int, n_head: int, n_embd: int, **parts) -> dict:
@@ -79,16 +82,18 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, kv_cache: KVCache | None = None,
+                layer: int = 0) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split([C, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim): each head attends independently
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         k, v = (t.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2) for t in (k, v))
-        q, k = self.rotate(self.q_norm(q), self.k_norm(k), kv_cache.length if kv_cache is not None else 0)
-        if kv_cache is not None:
-            k, v = kv_cache.update(layer, k, v)  # the keys and values of the positions so far
-        y = self.attend(q, k, v)  # softmax(q k^T / sqrt(head_dim)) v over the positions it may see
+        q, k = self.rotate(self.q_norm(q), self.k_norm(k), positions)
+        mask = None  # (causal)
+        if kv_cache is not None:  # the keys and values of the positions so far, and which it sees
+            k, v, mask = kv_cache.update(layer, k, v)
+        y = self.attend(q, k, v, mask)  # softmax(q k^T / sqrt(head_dim)) v over the positions it may see
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
 
@@ -118,8 +123,9 @@ class Block(nn.Module):
         self.ln_2 = norm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), kv_cache, layer)
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, kv_cache: KVCache | None = None,
+                layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), positions, kv_cache, layer)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -128,8 +134,9 @@ class PostNormBlock(Block):
     """GPT-1's block, as in the original Transformer: the norm comes after each residual sum, so
     every block's output is normalised (and the model needs no final norm)."""
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = self.ln_1(x + self.attn(x, kv_cache, layer))
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, kv_cache: KVCache | None = None,
+                layer: int = 0) -> torch.Tensor:
+        x = self.ln_1(x + self.attn(x, positions, kv_cache, layer))
         return self.ln_2(x + self.mlp(x))
 
 
@@ -141,42 +148,45 @@ class GPT(nn.Module):
 
     @staticmethod
     def get_default_config() -> CfgNode:
+        whole = dict(kind=int, min=1)  # a positive whole number, or None
         return CfgNode(
             # either model_type (a name in PRESETS) or n_layer, n_head, n_embd must be given;
             # values given explicitly override the preset's
-            model_type=None,
-            n_layer=None,
-            n_head=None,
-            n_embd=None,
+            model_type=Setting(None, kind=str),
+            n_layer=Setting(None, **whole),
+            n_head=Setting(None, **whole),
+            n_embd=Setting(None, **whole),
             # these depend on the data and must be set
-            vocab_size=None,
-            block_size=None,
+            vocab_size=Setting(None, **whole),
+            block_size=Setting(None, **whole),
             # dropout probabilities
-            embd_pdrop=0.1,
-            resid_pdrop=0.1,
-            attn_pdrop=0.1,
+            embd_pdrop=Setting(0.1, min=0, below=1),
+            resid_pdrop=Setting(0.1, min=0, below=1),
+            attn_pdrop=Setting(0.1, min=0, below=1),
             # the output head shares the token embedding's weights (GPT-2 does; minGPT does not)
             tie_embeddings=False,
-            # the parts, by their names in layers.py; None: the preset's, else GPT-2's (PARTS)
-            norm="layernorm",
-            norm_position=None,  # "pre"; "post": GPT-1's LayerNorm after each residual sum
-            position_encoding="learned",
-            activation=None,  # "gelu_tanh" (GPT-1's and GPT-2's); "gelu": the exact GELU
+            # the parts, by their names in nn/layers.py; None: the preset's, else GPT-2's (PARTS)
+            norm=Setting("layernorm", choices=tuple(layers.NORMS)),
+            # "pre"; "post": GPT-1's LayerNorm after each residual sum
+            norm_position=Setting(None, choices=tuple(BLOCKS)),
+            position_encoding=Setting("learned", choices=tuple(layers.POSITIONS)),
+            # "gelu_tanh" (GPT-1's and GPT-2's); "gelu": the exact GELU
+            activation=Setting(None, choices=tuple(layers.ACTIVATIONS)),
             # layer i attends as attention_pattern[i % len], e.g. ("global", "local") for GPT-3;
             # a local layer sees the window_size positions ending at itself
-            attention_pattern=None,  # ("global",)
-            window_size=None,  # 256
-            attention_scale=None,  # multiplies q k^T; None: 1/sqrt(head_dim) (GPT-Neo: 1.0)
+            attention_pattern=None,  # ("global",); on the command line also global,local
+            window_size=Setting(None, **whole),  # 256
+            attention_scale=Setting(None, kind=float, above=0),  # multiplies q k^T; None: 1/sqrt(head_dim) (GPT-Neo: 1.0)
             qkv_bias=True,  # biases on the query, key and value projections (GPT-Neo has none)
             # options since GPT-2, all off by default (see README, "Options since GPT-2"):
             # position_encoding="rope" and norm="rmsnorm" / "rmsnorm_no_gain" above, activation="relu2",
-            rope_base=10000.0,  # RoPE: pair i of a head turns by position * rope_base^(-2i / head_dim)
-            n_kv_head=None,  # key/value heads (grouped-query attention); None: n_head
+            rope_base=Setting(10000.0, above=0),  # RoPE: pair i of a head turns by position * rope_base^(-2i / head_dim)
+            n_kv_head=Setting(None, **whole),  # key/value heads (grouped-query attention); None: n_head
             qk_norm=False,  # normalise each head's queries and keys (the model's norm) before attending
             bias=True,  # False: no biases in any linear layer or norm
             zero_init_projections=False,  # the projections into the residual stream start at zero
-            logit_softcap=None,  # e.g. 15.0: logits = cap * tanh(logits / cap)
-        )
+            logit_softcap=Setting(None, kind=float, above=0),  # e.g. 15.0: logits = cap * tanh(logits / cap)
+        ).also_check(layers.check_parts)
 
     def __init__(self, config: CfgNode) -> None:
         super().__init__()
@@ -229,20 +239,24 @@ class GPT(nn.Module):
         return 6 * n + 12 * seen * c.n_embd
 
     def hidden_states(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        """The final (normed) hidden state of every position: (B, T) -> (B, T, n_embd)."""
+        """The final (normed) hidden state of every position: (B, T) -> (B, T, n_embd). With a KV
+        cache, idx are the tokens that follow the ones it holds, and it gives their positions."""
         if idx.dim() != 2 or idx.dtype != torch.long:
             raise ValueError(f"idx must be a (batch, time) LongTensor, got shape {tuple(idx.shape)} "
                              f"and dtype {idx.dtype}")
-        start = kv_cache.length if kv_cache is not None else 0
         T = idx.size(1)
-        if start + T > self.block_size:
-            raise ValueError(f"sequence length {start + T} exceeds block_size={self.block_size}; "
-                             f"crop the input to the last {self.block_size} tokens")
-        x = self.transformer.drop(self.transformer.wpe(self.transformer.wte(idx), start))
+        if kv_cache is None:
+            if T > self.block_size:
+                raise ValueError(f"sequence length {T} exceeds block_size={self.block_size}; "
+                                 f"crop the input to the last {self.block_size} tokens")
+            positions = torch.arange(T, device=idx.device)
+        else:
+            positions = kv_cache.positions(T, idx.device)
+        x = self.transformer.drop(self.transformer.wpe(self.transformer.wte(idx), positions))
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, kv_cache, layer)
+            x = block(x, positions, kv_cache, layer)
         if kv_cache is not None:
-            kv_cache.length += T
+            kv_cache.advance(T)
         return self.transformer.ln_f(x)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None
@@ -295,7 +309,7 @@ class GPT(nn.Module):
         Greedy by default; do_sample=True samples from the softmax at `temperature`, restricted to
         the top_k most likely tokens and/or the smallest set whose probability reaches top_p.
         Call model.eval() first to switch dropout off. static=True decodes with a fixed-shape step
-        that compiles once (decode.py; a compile mode such as "reduce-overhead" picks how);
+        that compiles once (nn/decode.py; a compile mode such as "reduce-overhead" picks how);
         static=None leaves the choice to decode.wanted.
         """
         new = list(self.generate_stream(idx, max_new_tokens, temperature, do_sample, top_k, top_p,
@@ -378,13 +392,15 @@ def describe_presets() -> str:
 
 
 def resolve_config(config: CfgNode) -> CfgNode:
-    """Return a copy of config with n_layer/n_head/n_embd filled in from model_type, checked."""
+    """Return a copy of config with n_layer/n_head/n_embd filled in from model_type (and the parts
+    left at None from the preset or GPT-2), checked: every key against its Setting and the parts
+    together (layers.check_parts), each problem named in one line."""
     resolved = GPT.get_default_config()  # (a config saved before a key existed gets its default)
-    resolved.merge_from_dict(config.to_dict())
+    resolved.merge_from_dict(config.to_dict(), "model.")
     if resolved.model_type is not None:
         if resolved.model_type not in PRESETS:
-            raise ValueError(f"unknown model_type {resolved.model_type!r}; choose one of "
-                             f"{', '.join(PRESETS)} or set n_layer, n_head and n_embd")
+            raise ConfigError(f"unknown model_type {resolved.model_type!r}; choose one of "
+                              f"{', '.join(PRESETS)} or set n_layer, n_head and n_embd")
         for key, value in PRESETS[resolved.model_type].items():
             if getattr(resolved, key) is None:
                 setattr(resolved, key, value)
@@ -399,15 +415,7 @@ def resolve_config(config: CfgNode) -> CfgNode:
         value = getattr(resolved, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             hint = "" if key in ("vocab_size", "block_size") else " (or choose a model_type)"
-            raise ValueError(f"model.{key} must be a positive integer{hint}, got {value!r}")
-    if resolved.n_embd % resolved.n_head != 0:
-        raise ValueError(f"n_embd={resolved.n_embd} must be divisible by n_head={resolved.n_head}")
-    for key in ("embd_pdrop", "resid_pdrop", "attn_pdrop"):
-        if not 0.0 <= getattr(resolved, key) < 1.0:
-            raise ValueError(f"model.{key}={getattr(resolved, key)} must be in [0, 1)")
-    if resolved.norm_position not in BLOCKS:
-        raise ValueError(f"model.norm_position={resolved.norm_position!r} is not one of "
-                         f"{', '.join(map(repr, BLOCKS))}")
-    layers.check_choices(resolved)
+            raise ConfigError(f"model.{key} must be a positive integer{hint}, got {value!r}")
+    resolved.check("model.")
     resolved.attention_pattern = tuple(resolved.attention_pattern)
     return resolved

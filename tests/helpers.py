@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import signal
 import subprocess
 import time
@@ -11,13 +13,20 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 
-from mingpt import checkpoint
+from mingpt.training import checkpoint
 from mingpt.data import TokenStream
 from mingpt.model import GPT
-from mingpt.run_folder import RunFolder
+from mingpt.training.run_folder import RunFolder
 from mingpt.trainer import Trainer
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Numeric tolerances, in units in the last place (ulps) of the dtype compared, at the magnitude
+# compared (assert_close_to). CPUs sum the products of a matmul in different orders (AVX2,
+# AVX-512, AMX; MKL or oneDNN), so two exact computations of the same thing differ by a few ulps
+# of what they add up: a few per reduction, more through a chain of them.
+ULPS_OP = 16  # one kernel against another doing the same sums (a matmul, attention, a norm), of up to 64 terms
+ULPS_FORWARD = 64  # a whole forward pass (a few layers) against another implementation of it
+ULPS_TRAINING = 64  # the weights after a few optimizer steps, at the magnitude of all of them
 SHAKESPEARE = PROJECT_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 STEPS, BATCH = 6, 4  # the distributed tests: k optimizer steps; b examples per process (1 process: 2b)
 
@@ -40,11 +49,52 @@ def tiny_gpt(vocab_size: int = 11, block_size: int = 16, dropout: float = 0.0, o
     return GPT(config)
 
 
+def ulps_of_sums(terms: int) -> float:
+    """ULPS_OP for sums of more terms: n roundings in another order add up like sqrt(n) of them."""
+    return ULPS_OP * max(1.0, math.sqrt(terms / 64))
+
+
+def ulps_apart(reference, got, dtype: torch.dtype | None = None) -> float:
+    """How far got is from reference, in ulps of dtype (the computation's: by default a floating
+    tensor's, else float32's) at the magnitude compared: max |got - reference| / (eps(dtype) x the
+    largest |value| of either). Numbers, lists and tensors alike, compared in float64."""
+    if dtype is None:  # the computation's: a floating tensor's (got's first), else float32's (Python numbers)
+        tensors = [t for t in (got, reference) if torch.is_tensor(t) and t.is_floating_point()]
+        dtype = tensors[0].dtype if tensors else torch.float32
+    ref, out = (t.detach().double() if torch.is_tensor(t) else torch.tensor(t, dtype=torch.float64)
+                for t in (reference, got))
+    assert ref.shape == out.shape, f"shapes differ: {tuple(ref.shape)} and {tuple(out.shape)}"
+    magnitude = max(ref.abs().max().item(), out.abs().max().item(), torch.finfo(dtype).tiny)
+    return (out - ref).abs().max().item() / (torch.finfo(dtype).eps * magnitude)
+
+
+def states_ulps_apart(reference: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> float:
+    """How far two models' weights are apart (got's names are all in reference), in ulps at the
+    magnitude of all of them: Adam divides each gradient by its own scale, so where a gradient is
+    nearly zero the order of float sums shows in the update at the size of the learning rate, not
+    of that weight (test_trainer.py's test_gradient_accumulation_matches_one_big_batch)."""
+    assert got.keys() <= reference.keys(), sorted(got.keys() - reference.keys())
+    names = sorted(got)
+    return ulps_apart(torch.cat([reference[n].flatten() for n in names]), torch.cat([got[n].flatten() for n in names]))
+
+
+def assert_close_to(reference, got, ulps: float = ULPS_OP, dtype: torch.dtype | None = None, msg: str = "") -> None:
+    """Assert that got is within `ulps` ulps of reference (ulps_apart): a tolerance that follows
+    from the precision and the size of the numbers, not from the machine a test was written on."""
+    apart = ulps_apart(reference, got, dtype)
+    if os.environ.get("MINGPT_SHOW_ULPS"):
+        import traceback
+        frame = traceback.extract_stack()[-2]
+        with open(os.environ["MINGPT_SHOW_ULPS"], "a") as f:
+            f.write(f"{apart:.2f} / {ulps} at {frame.filename.split('/')[-1]}:{frame.lineno}\n")
+    assert apart <= ulps, f"{msg} {apart:.1f} ulps apart, allowed {ulps}".strip()
+
+
 def quick_config(**overrides):
     """Trainer settings for a few quick CPU iterations (cosine decay, as mingpt's jobs use)."""
     c = Trainer.get_default_config()
     c.device, c.batch_size, c.max_iters, c.progress_bar, c.log_interval = "cpu", 8, 30, False, 5
-    c.learning_rate, c.eval_interval, c.eval_iters, c.lr_decay = 3e-3, 10, 4, True
+    c.learning_rate, c.eval_interval, c.eval_iters, c.lr_schedule = 3e-3, 10, 4, "cosine"
     for key, value in overrides.items():
         setattr(c, key, value)
     return c
@@ -77,7 +127,7 @@ def tiny_run(work_dir: Path | None = None, resume: bool = False, model_options: 
     model = tiny_gpt(vocab_size=11, options=model_options)
     data = TokenStream(torch.arange(4000) % 7, 16)
     c = Trainer.get_default_config()
-    c.device, c.max_iters, c.batch_size, c.lr_decay = "cpu", STEPS, BATCH, False
+    c.device, c.max_iters, c.batch_size, c.lr_schedule = "cpu", STEPS, BATCH, "constant"
     c.progress_bar, c.log_interval, c.eval_interval, c.eval_iters = False, 1, 3, 2
     c.merge_from_dict(overrides)
     return Trainer(c, model, data, data, work_dir=work_dir, resume=resume)

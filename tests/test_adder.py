@@ -61,7 +61,7 @@ def test_a_short_adder_run_clearly_learns(tmp_path):
     config = adder.get_config()
     config.merge_from_args([f"--system.work_dir={tmp_path}", "--trainer.max_iters=1000",
                             "--trainer.eval_interval=1000", "--data.test_size=500",
-                            "--trainer.lr_decay=False", "--trainer.progress_bar=False"])
+                            "--trainer.lr_schedule=constant", "--trainer.progress_bar=False"])
     summary = adder.main(config)
     # chance is 1 in 1000 (three digits of the sum); 1000 iterations get far past it
     assert summary["test_accuracy"] > 0.5

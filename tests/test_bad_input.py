@@ -61,16 +61,19 @@ def test_bad_input_text(tmp_path, capsys, content, message):
 @pytest.mark.parametrize("args, message, expected_status", [
     (["--trainer.max_itres=5"], "unknown config key 'trainer.max_itres'; valid keys here are:", 2),
     (["--trainer.batch_size=2.5"], "trainer.batch_size must be of type int", 2),
-    (["--model.n_embd=18", "--model.n_head=4"], "n_embd=18 must be divisible by n_head=4", 1),
-    (["--trainer.learning_rate=0"], "trainer.learning_rate=0.0 must be > 0", 1),
-    (["--trainer.learning_rate=-1e-3"], "trainer.learning_rate=-0.001 must be > 0", 1),
-    (["--trainer.batch_size=0"], "trainer.batch_size=0 must be >= 1", 1),
-    (["--model.block_size=0"], "model.block_size must be a positive integer", 1),
+    # a value its key does not allow is a config error too (exit 2), found before any work
+    (["--model.n_embd=18", "--model.n_head=4"], "n_embd=18 must be divisible by n_head=4", 2),
+    (["--trainer.learning_rate=0"], "trainer.learning_rate=0.0 must be > 0", 2),
+    (["--trainer.learning_rate=-1e-3"], "trainer.learning_rate=-0.001 must be > 0", 2),
+    (["--trainer.batch_size=0"], "trainer.batch_size=0 must be >= 1", 2),
+    (["--model.block_size=0"], "model.block_size=0 must be >= 1", 2),
+    (["--trainer.dtype=bf17"], "trainer.dtype='bf17' must be one of 'auto', 'fast', 'fp32', 'bf16', 'fp16'", 2),
 ])
 def test_impossible_configuration(tmp_path, corpus, capsys, args, message, expected_status):
     status, err = run(capsys, "chargpt", f"--data.input={corpus}", f"--system.work_dir={tmp_path / 'run'}",
                       *TINY, *args)
     assert_one_clear_line(status, err, message, expected_status)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 def test_prompts_outside_the_vocabulary_or_longer_than_the_context(trained, capsys):

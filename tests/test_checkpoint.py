@@ -12,10 +12,10 @@ import torch
 
 from helpers import (final_tensors, latest_iteration, pattern_stream, quick_config, rows_without_timing,
                      start_and_kill, tiny_gpt)
-from mingpt import checkpoint
-from mingpt.checkpoint import CheckpointError
+from mingpt.training import checkpoint
+from mingpt.training.checkpoint import CheckpointError
 from mingpt.model import GPT
-from mingpt.run_folder import RunFolder
+from mingpt.training.run_folder import RunFolder
 from mingpt.trainer import Trainer
 from mingpt.utils import CfgNode
 

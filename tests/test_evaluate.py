@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import tiny_gpt
-from mingpt import cli, evaluate, hellaswag, utils
+from helpers import ULPS_FORWARD, ULPS_OP, assert_close_to, tiny_gpt
+from mingpt import cli, utils
+from mingpt.eval import choice, hellaswag
 from mingpt.bpe import BPETokenizer, find_vocab_files
 from mingpt.data import TokenStream, load_prepared
-from mingpt.pipeline import load_for_evaluation
-from mingpt.run_folder import RunFolder
+from mingpt.formats.pretrained import load_with_tokenizer
+from mingpt.model import GPT
+from mingpt.training.run_folder import RunFolder
 from mingpt.trainer import Trainer
 
 # pieces of invented items, with what the harness's preprocessing acts on: WikiHow's [title] and
@@ -89,7 +91,7 @@ def mingpt_run(folder) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(folder, mingpt_run) -> Path:
-    model, _ = load_for_evaluation(str(mingpt_run))
+    model, _ = load_with_tokenizer(GPT, str(mingpt_run))
     model.save_pretrained(folder / "export")
     return with_gpt2_tokenizer_files(folder / "export")
 
@@ -141,10 +143,10 @@ def mingpt_eval(model: Path, items: Path, out: Path, *more: str) -> dict:
 
 def mingpt_lls(model_dir: Path, items: Path) -> list[float]:
     """Every choice's log-likelihood as mingpt computes it (for a closer look than acc)."""
-    model, tokenizer = load_for_evaluation(str(model_dir))
+    model, tokenizer = load_with_tokenizer(GPT, str(model_dir))
     questions = hellaswag.read_questions(items)
-    task = evaluate.MultipleChoiceTask(questions, tokenizer.encode, tokenizer.eot_token, model.block_size)
-    scored = evaluate.loglikelihoods(model, task.requests, model.block_size, 16, torch.device("cpu"))
+    task = choice.MultipleChoiceTask(questions, tokenizer.encode, tokenizer.eot_token, model.block_size)
+    scored = choice.loglikelihoods(model, task.requests, model.block_size, 16, torch.device("cpu"))
     return [ll for ll, _ in scored]
 
 
@@ -162,31 +164,31 @@ def test_questions_are_the_harness_process_docs(items):
 
 def test_a_pair_is_split_after_the_context_tokens_of_the_whole():
     tok = BPETokenizer()
-    context, continuation = evaluate.encode_pair(tok.encode, "Hello ", "world", tok.eot_token)
+    context, continuation = choice.encode_pair(tok.encode, "Hello ", "world", tok.eot_token)
     assert context == tok.encode("Hello") and continuation == tok.encode(" world")  # the space moves on
-    assert evaluate.encode_pair(tok.encode, "", " world", tok.eot_token) == ([tok.eot_token], tok.encode(" world"))
+    assert choice.encode_pair(tok.encode, "", " world", tok.eot_token) == ([tok.eot_token], tok.encode(" world"))
 
 
 def test_loglikelihoods_are_the_sums_of_token_logprobs_batched_or_not():
     torch.manual_seed(0)
     model = tiny_gpt(vocab_size=11, block_size=8).eval()
     requests = [([1, 2, 3], [4, 5]), ([7], [1, 2, 3, 4, 5, 6, 7, 8]), ([2, 2, 2, 2, 2, 2, 2, 2, 2, 2], [3])]
-    one = evaluate.loglikelihoods(model, requests, 8, 1, torch.device("cpu"))
-    batched = evaluate.loglikelihoods(model, requests, 8, 3, torch.device("cpu"))
+    one = choice.loglikelihoods(model, requests, 8, 1, torch.device("cpu"))
+    batched = choice.loglikelihoods(model, requests, 8, 3, torch.device("cpu"))
     for (a, greedy_a), (b, greedy_b) in zip(one, batched):
-        assert a == pytest.approx(b, abs=1e-5) and greedy_a == greedy_b
+        assert_close_to(a, b, ULPS_FORWARD) and greedy_a == greedy_b  # (batched: padded, other kernels)
     # by hand: the second is cut to its last 9 tokens, the first 8 of them the input
     tokens = [7, 1, 2, 3, 4, 5, 6, 7, 8][-9:]
     logits = model(torch.tensor([tokens[:-1]]))[0][0].log_softmax(-1)
     by_hand = sum(logits[i, t].item() for i, t in enumerate(tokens[1:]))
-    assert one[1][0] == pytest.approx(by_hand, abs=1e-5)
+    assert_close_to(by_hand, one[1][0], ULPS_FORWARD)
 
 
 def test_acc_norm_divides_by_characters_and_ties_go_to_the_first_choice():
     q = hellaswag.Question("q", ("ab", "abcd"), gold=1)
-    assert evaluate.score_choices([q], [(-3.0, False), (-4.0, False)]) == {"acc": 0.0, "acc_norm": 1.0, "n": 1}
+    assert choice.score_choices([q], [(-3.0, False), (-4.0, False)]) == {"acc": 0.0, "acc_norm": 1.0, "n": 1}
     tie = hellaswag.Question("q", ("aa", "bb"), gold=1)
-    assert evaluate.score_choices([tie], [(-1.0, False), (-1.0, False)])["acc"] == 0.0
+    assert choice.score_choices([tie], [(-1.0, False), (-1.0, False)])["acc"] == 0.0
 
 
 # -- agreement with lm-evaluation-harness ------------------------------------------------------------
@@ -196,7 +198,7 @@ def test_mingpt_eval_agrees_with_the_harness_on_a_random_hugging_face_gpt2(folde
     acc, acc_norm, lls = harness_scores(hflm(random_hf_gpt2), harness_task)
     ours = mingpt_eval(random_hf_gpt2, items, folder / "hf.json")
     assert (ours["acc"], ours["acc_norm"], ours["n"]) == (acc, acc_norm, 24)
-    assert mingpt_lls(random_hf_gpt2, items) == pytest.approx(lls, abs=1e-3)
+    assert_close_to(lls, mingpt_lls(random_hf_gpt2, items), ULPS_FORWARD)
     assert len({round(x, 3) for x in lls}) > 40  # the choices' scores really differ
 
 
@@ -207,7 +209,7 @@ def test_a_mingpt_run_and_its_hugging_face_export_score_as_the_harness_does(fold
     run = mingpt_eval(mingpt_run, items, folder / "run.json")
     export = mingpt_eval(exported, items, folder / "export.json")
     assert (run["acc"], run["acc_norm"]) == (export["acc"], export["acc_norm"]) == (acc, acc_norm)
-    assert mingpt_lls(mingpt_run, items) == pytest.approx(lls, abs=1e-3)
+    assert_close_to(lls, mingpt_lls(mingpt_run, items), ULPS_FORWARD)
 
 
 @pytest.mark.slow
@@ -216,7 +218,7 @@ def test_the_bridge_runs_the_harness_task_on_a_mingpt_run(mingpt_run, harness_ta
     from mingpt.lm_eval_bridge import MinGPTLM
     acc, acc_norm, lls = harness_scores(MinGPTLM(str(mingpt_run), batch_size=8), harness_task)
     assert (acc, acc_norm) == harness_on_export[:2]
-    assert lls == pytest.approx(harness_on_export[2], abs=1e-3)
+    assert_close_to(harness_on_export[2], lls, ULPS_FORWARD)
     assert get_model("mingpt") is MinGPTLM  # (simple_evaluate(model="mingpt", model_args="pretrained=..."))
 
 
@@ -230,14 +232,19 @@ def test_the_bridge_scores_whole_texts_in_windows_and_generates_until_a_stop(min
     assert len(ids) > model.block_size
     request = Instance("loglikelihood_rolling", {}, (text,), 0)
     [total] = lm.loglikelihood_rolling([request], disable_tqdm=True)
-    # by hand: every token predicted once, each from as much context as fits
-    stream = [tok.eot_token] + ids
-    by_hand = 0.0
+    # by hand, as the harness cuts a text into windows (its rolling windows, context_len=1): every
+    # token predicted once; the first block_size from <|endoftext|> on, then each next block_size
+    # tokens (the last ones fewer) from the block_size tokens before the window's end
+    stream, B = [tok.eot_token] + ids, model.block_size  # (stream[t + 1] is ids[t])
+    by_hand, predicted = 0.0, 0
     with torch.no_grad():
-        for i in range(1, len(stream)):
-            window = stream[max(0, i - model.block_size):i]
-            by_hand += model(torch.tensor([window]))[0][0, -1].log_softmax(-1)[stream[i]].item()
-    assert total == pytest.approx(by_hand, rel=1e-4)
+        while predicted < len(ids):
+            end = min(predicted + B, len(ids))
+            start = max(0, end - B)
+            logp = model(torch.tensor([stream[start:end]]))[0][0].log_softmax(-1)  # predicts stream[start + 1 : end + 1]
+            by_hand += sum(logp[t - 1 - start, stream[t]].item() for t in range(predicted + 1, end + 1))
+            predicted = end
+    assert_close_to(by_hand, total, ULPS_FORWARD)
 
     greedy = tok.decode(model.generate(torch.tensor([tok.encode("The")]), 12)[0, 1:].tolist())
     stop = greedy[len(greedy) // 2:][:2]
@@ -271,7 +278,7 @@ def test_a_malformed_line_is_named_by_its_number(tmp_path, items, capsys, line, 
 
 def char_run(tmp_path: Path) -> Path:
     """A run folder of a character model, whose vocabulary cannot write HellaSwag's text."""
-    from mingpt.char import CharTokenizer
+    from mingpt.data.char import CharTokenizer
     tok = CharTokenizer.from_text("abc def")
     model = tiny_gpt(vocab_size=tok.vocab_size, block_size=16)
     run = RunFolder(tmp_path / "char")
@@ -341,7 +348,7 @@ def test_the_checksum_is_git_s_blob_id():
 
 # -- val_loss ------------------------------------------------------------------------------------------
 def test_val_loss_of_a_run_on_prepared_data_is_the_mean_loss_of_its_windows(tmp_path, capsys):
-    from mingpt.pipeline import prepare_data
+    from mingpt.jobs.pipeline import prepare_data
     from mingpt.utils import CfgNode
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog.\n" * 60)
@@ -361,7 +368,7 @@ def test_val_loss_of_a_run_on_prepared_data_is_the_mean_loss_of_its_windows(tmp_
     windows = list(val.eval_batches(4))
     with torch.no_grad():
         losses = [model(x, y)[1].item() * len(x) for x, y in windows]
-    assert scores["val_loss"] == pytest.approx(sum(losses) / sum(len(x) for x, _ in windows), rel=1e-5)
+    assert_close_to(sum(losses) / sum(len(x) for x, _ in windows), scores["val_loss"], ULPS_OP)
     capsys.readouterr()
 
     char_data = tmp_path / "char_data"
@@ -377,7 +384,7 @@ def test_a_task_scored_during_training_goes_into_metrics_and_the_plot(tmp_path, 
     model = tiny_gpt(vocab_size=50257, block_size=48)
     tok = BPETokenizer()
     questions = hellaswag.read_questions(items, limit=8)
-    task = evaluate.MultipleChoiceTask(questions, tok.encode, tok.eot_token, model.block_size)
+    task = choice.MultipleChoiceTask(questions, tok.encode, tok.eot_token, model.block_size)
     tokens = TokenStream(torch.randint(0, 50257, (2000,)), 48)
     c = Trainer.get_default_config()
     c.device, c.max_iters, c.batch_size, c.progress_bar, c.eval_interval, c.eval_iters = "cpu", 6, 2, False, 3, 1
@@ -405,7 +412,7 @@ def test_an_eval_task_without_the_task_itself_is_refused():
 
 @pytest.mark.slow
 def test_mingpt_train_scores_hellaswag_every_n_steps(tmp_path, items):
-    from mingpt.pipeline import prepare_data
+    from mingpt.jobs.pipeline import prepare_data
     from mingpt.utils import CfgNode
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog.\n" * 60)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers import tiny_gpt
-from mingpt import hf
+from helpers import ULPS_FORWARD, assert_close_to, tiny_gpt
+from mingpt.formats import hf
 from mingpt.model import GPT
 
 transformers = pytest.importorskip("transformers")
@@ -62,7 +62,7 @@ def test_hf_gpt2_loads_with_the_same_logits_and_greedy_tokens(tmp_path, hf_model
 
     idx = torch.randint(VOCAB, (2, 32))
     logits, _ = model(idx)
-    assert torch.allclose(logits, hf_logits(hf_model, idx), atol=1e-5, rtol=0)
+    assert_close_to(hf_logits(hf_model, idx), logits, ULPS_FORWARD)
 
     prompt = torch.randint(VOCAB, (2, 6))
     expected = hf_model.generate(prompt, attention_mask=torch.ones_like(prompt), pad_token_id=0,
@@ -81,7 +81,7 @@ def test_export_reloads_in_transformers_with_identical_logits(tmp_path):
     reloaded = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
     idx = torch.randint(VOCAB, (3, 32))
     logits, _ = model(idx)
-    assert (logits - hf_logits(reloaded, idx)).abs().max() <= 1e-6
+    assert_close_to(hf_logits(reloaded, idx), logits, ULPS_FORWARD)
     # and back into mingpt: bit-identical weights
     again = GPT.from_pretrained(folder)
     for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
@@ -189,7 +189,7 @@ def test_hub_name_loads_from_what_the_download_returns(monkeypatch, tmp_path, hf
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kw: str(hf_folder))
     model = GPT.from_pretrained("gpt2").eval()
     idx = torch.randint(VOCAB, (1, 8))
-    assert torch.allclose(model(idx)[0], hf_logits(hf_model, idx), atol=1e-5, rtol=0)
+    assert_close_to(hf_logits(hf_model, idx), model(idx)[0], ULPS_FORWARD)
 
 
 def test_other_names_and_missing_paths_still_get_clear_errors(tmp_path):
@@ -213,8 +213,8 @@ def test_an_untied_head_loads_and_exports_as_its_own_weights(tmp_path):
     model = GPT.from_pretrained(tmp_path / "hf").eval()
     assert not model.config.tie_embeddings and model.lm_head.weight is not model.transformer.wte.weight
     idx = torch.randint(VOCAB, (2, 32))
-    assert torch.allclose(model(idx)[0], hf_logits(hf_model, idx), atol=1e-5, rtol=0)
+    assert_close_to(hf_logits(hf_model, idx), model(idx)[0], ULPS_FORWARD)
     folder = model.save_pretrained(tmp_path / "export")
     assert json.loads((folder / "config.json").read_text())["tie_word_embeddings"] is False
     reloaded = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
-    assert (model(idx)[0] - hf_logits(reloaded, idx)).abs().max() <= 1e-6
+    assert_close_to(hf_logits(reloaded, idx), model(idx)[0], ULPS_FORWARD)

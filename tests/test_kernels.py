@@ -1,4 +1,4 @@
-"""The CPU kernels (mingpt/kernels/): where CPULinear takes oneDNN's kernels or sliced weights it
+"""The CPU kernels (mingpt/nn/kernels/): where CPULinear takes oneDNN's kernels or sliced weights it
 computes what nn.Linear computes, and the seam applies them only where asked."""
 import dataclasses
 import math
@@ -8,9 +8,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from helpers import pattern_stream, quick_config, tiny_gpt
-from mingpt.kernels import CPUKernels, CPULinear, decoding, kernels_of, use_cpu_kernels, use_plain_kernels
-from mingpt.kernels import linear
+from helpers import ULPS_OP, assert_close_to, pattern_stream, quick_config, tiny_gpt, ulps_of_sums
+from mingpt.nn.kernels import CPUKernels, CPULinear, decoding, kernels_of, use_cpu_kernels, use_plain_kernels
+from mingpt.nn.kernels import linear
 from mingpt.trainer import Trainer
 
 DEFAULTS = CPUKernels()
@@ -55,11 +55,11 @@ def test_large_products_take_onednn_and_match_nn_linear(shape, onednn_calls):
     plain.load_state_dict(layer.state_dict())
     expected = gradients(plain, x, grad_y)
     assert len(onednn_calls) == 1 + input_grad_on_onednn  # nn.Linear never takes it
-    for got, want in zip(fast, expected):
+    for got, want in zip(fast, expected):  # y, x's, W's and b's gradients: sums of d_in, d_out, rows, rows terms
         assert got.shape == want.shape
-        assert torch.allclose(got, want, rtol=1e-4, atol=1e-4)
+        assert_close_to(want, got, ulps_of_sums(max(d_in, d_out, rows)))
     with torch.no_grad():  # evaluation at the same size: oneDNN without the autograd Function
-        assert torch.allclose(layer(x), expected[0], rtol=1e-4, atol=1e-4)
+        assert_close_to(expected[0], layer(x), ulps_of_sums(d_in))
     assert len(onednn_calls) == 2 + input_grad_on_onednn
 
 
@@ -96,14 +96,29 @@ def test_settings_are_values_given_to_the_model_and_can_be_taken_back(onednn_cal
     assert len(onednn_calls) == 1
 
 
-def test_the_trainer_applies_them_on_the_cpu_unless_the_model_has_its_own():
+def test_the_trainer_applies_them_on_the_cpu_for_the_run_and_gives_the_model_back_as_it_was_given():
     model = tiny_gpt(vocab_size=7)
-    Trainer(quick_config(max_iters=2), model, pattern_stream()).run()
-    assert kernels_of(model) == DEFAULTS
-    own = CPUKernels(large_product=2**20)
+    classes = [type(m) for m in model.modules()]
+    during = []
+    trainer = Trainer(quick_config(max_iters=2), model, pattern_stream())
+    trainer.add_callback("on_batch_end", lambda t: during.append(kernels_of(t.model)))
+    trainer.run()
+    assert during == [DEFAULTS, DEFAULTS]  # the run trained with them
+    assert kernels_of(model) is None and [type(m) for m in model.modules()] == classes  # its own classes back
+    own = CPUKernels(large_product=2**20)  # a model with kernels of its own keeps them, during and after
     use_cpu_kernels(model, own)
-    Trainer(quick_config(max_iters=2), model, pattern_stream()).run()
-    assert kernels_of(model) == own
+    during.clear()
+    trainer = Trainer(quick_config(max_iters=2), model, pattern_stream())
+    trainer.add_callback("on_batch_end", lambda t: during.append(kernels_of(t.model)))
+    trainer.run()
+    assert during == [own, own] and kernels_of(model) == own
+
+
+def test_generate_gives_the_model_back_as_it_was_given():
+    model = tiny_gpt(vocab_size=7, block_size=64).eval()
+    classes = [type(m) for m in model.modules()]
+    model.generate(torch.zeros(1, 1, dtype=torch.long), DEFAULTS.slice_min_steps)  # (decoding's kernels inside)
+    assert kernels_of(model) is None and [type(m) for m in model.modules()] == classes
 
 
 def test_decoding_kernels_agree_with_the_default_blas(monkeypatch, onednn_calls):
@@ -114,7 +129,7 @@ def test_decoding_kernels_agree_with_the_default_blas(monkeypatch, onednn_calls)
     expected = F.linear(x, c_fc.weight, c_fc.bias)
     with torch.no_grad():
         use_cpu_kernels(model)
-        assert torch.allclose(c_fc(x), expected, atol=1e-5)  # 2 rows, 147K weights: oneDNN
+        assert_close_to(expected, c_fc(x), ULPS_OP)  # 2 rows, 147K weights: oneDNN
         assert onednn_calls == [1]
         with decoding(model, steps=5):
             assert c_fc.sliced_weight is None  # too few steps to pay for the copies
@@ -122,11 +137,11 @@ def test_decoding_kernels_agree_with_the_default_blas(monkeypatch, onednn_calls)
             slices = math.gcd(torch.get_num_threads(), 192)
             assert c_fc.sliced_weight[1].shape == (slices, 192 // slices, 768)
             assert model.transformer.h[0].attn.c_proj.sliced_weight is None  # 37K weights: too few
-            assert torch.allclose(c_fc(x), expected, atol=1e-5)  # the sliced product
+            assert_close_to(expected, c_fc(x), ULPS_OP)  # the sliced product
             assert onednn_calls == [1]
             assert c_fc(torch.randn(5, 192)).shape == (5, 768) and len(onednn_calls) == 2  # 5 rows: oneDNN
             c_fc.weight.mul_(2)  # a weight changed inside the block: its copy is stale, not used
-            assert torch.allclose(c_fc(x), F.linear(x, c_fc.weight, c_fc.bias), atol=1e-5)
+            assert_close_to(F.linear(x, c_fc.weight, c_fc.bias), c_fc(x), ULPS_OP)
             assert len(onednn_calls) == 3
         assert c_fc.sliced_weight is None
     use_plain_kernels(model)

@@ -40,7 +40,7 @@ def test_a_mingpt_style_script_runs_unchanged(tmp_path):
     assert list(accuracies(result.stdout)) == [500]
     assert (work_dir / "model.pt").stat().st_size > 10_000  # torch.save(model.state_dict()) in the callback
     # minGPT's defaults: a constant learning rate and an output head of its own
-    assert "lr_decay: False" in result.stdout and "tie_embeddings: False" in result.stdout
+    assert "lr_schedule: 'constant'" in result.stdout and "tie_embeddings: False" in result.stdout
 
 
 @pytest.mark.slow

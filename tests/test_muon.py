@@ -14,11 +14,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from helpers import (BATCH, STEPS, final_tensors, pattern_stream, quick_config, rows_without_timing, tiny_gpt,
-                     tiny_run)
-from mingpt import optim
+from helpers import (BATCH, STEPS, ULPS_FORWARD, ULPS_OP, ULPS_TRAINING, assert_close_to, final_tensors, pattern_stream,
+                     quick_config, rows_without_timing, states_ulps_apart, tiny_gpt, tiny_run)
+from mingpt.training import optim, schedule
 from mingpt.model import GPT
-from mingpt.optim import Muon, OptimizerSet, orthogonalize
+from mingpt.training.muon import Muon, ns_dtype, orthogonalize
+from mingpt.training.optim import OptimizerSet
 from mingpt.trainer import Trainer
 
 
@@ -86,8 +87,29 @@ def test_two_muon_steps_match_the_update_written_out(nesterov):
             scale = math.sqrt(max(1.0, w.shape[0] / w.shape[1]))
             weights[i] = w * (1 - lr * decay) - lr * scale * newton_schulz_written_out(update)
     for p, w, buf in zip(params, weights, buffers):
-        torch.testing.assert_close(p.detach(), w, atol=1e-5, rtol=0)
-        torch.testing.assert_close(muon.state[p]["momentum_buffer"], buf, atol=1e-6, rtol=0)
+        assert_close_to(w, p.detach(), ULPS_FORWARD)  # (five Newton-Schulz steps, their products in another order)
+        assert_close_to(buf, muon.state[p]["momentum_buffer"], ULPS_OP)
+
+
+def test_in_bf16_muon_steps_as_torchs_own_muon_does():
+    """torch.optim.Muon (which always iterates in bf16, one matrix at a time) and ours with
+    ns_dtype="bf16" (the matrices of one shape batched) take the same steps, up to bf16's rounding
+    of the update: they compute the same thing, as README says of ours."""
+    torch.manual_seed(0)
+    weights = [torch.randn(24, 16), torch.randn(16, 24), torch.randn(16, 24)]
+    ours_params, theirs_params = ([nn.Parameter(w.clone()) for w in weights] for _ in range(2))
+    ours = Muon(ours_params, lr=0.02, momentum=0.95, weight_decay=0.01, ns_dtype="bf16")
+    theirs = torch.optim.Muon(theirs_params, lr=0.02, momentum=0.95, weight_decay=0.01)
+    for _ in range(3):
+        grads = [torch.randn_like(w) for w in weights]
+        for params in (ours_params, theirs_params):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+        ours.step()
+        theirs.step()
+    for a, b, w in zip(ours_params, theirs_params, weights):
+        steps = (b.detach() - w)  # what torch's Muon moved the weight by: bf16's ulps are of this size
+        assert (a.detach() - b.detach()).abs().max() <= ULPS_OP * torch.finfo(torch.bfloat16).eps * steps.abs().max()
 
 
 def test_muon_refuses_what_is_not_a_matrix_and_a_momentum_outside_0_1():
@@ -133,7 +155,7 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_embeddings_head_and_vector
 
 def test_each_group_follows_the_schedule_at_its_own_peak_rate():
     optimizer = optim.build(tiny_gpt(), muon_config(learning_rate=1e-3, muon_lr=0.05))
-    optim.apply_schedule(optimizer, 0, muon_config(learning_rate=1e-3, muon_lr=0.05, warmup_iters=10))
+    schedule.apply_schedule(optimizer, 0, muon_config(learning_rate=1e-3, muon_lr=0.05, warmup_iters=10))
     muon_group, adamw_group = optimizer.param_groups
     assert muon_group["lr"] == pytest.approx(0.005) and adamw_group["lr"] == pytest.approx(1e-4)
 
@@ -265,10 +287,9 @@ def test_two_processes_under_ddp_and_fsdp_match_one_and_fsdp_resumes_exactly(tmp
     one.run()
     expected = {name: t.detach() for name, t in one.model.state_dict().items()}
     for name in ("ddp", "fsdp"):
-        got = {k: v for k, v in GPT.from_pretrained(tmp_path / name).state_dict().items()}
-        diff = max((got[k] - expected[k]).abs().max().item() for k in expected)
-        print(f"Muon, {name} 2 x b={BATCH} vs 1 x {2 * BATCH}, k={STEPS}: max |weight difference| {diff:.1e}")
-        assert diff <= 1e-5, name
+        apart = states_ulps_apart(expected, GPT.from_pretrained(tmp_path / name).state_dict())
+        print(f"Muon, {name} 2 x b={BATCH} vs 1 x {2 * BATCH}, k={STEPS}: weights {apart:.1f} ulps apart")
+        assert apart <= ULPS_TRAINING, name
     straight, resumed = final_tensors(tmp_path / "fsdp"), final_tensors(tmp_path / "fsdp_resumed")
     assert straight.keys() == resumed.keys()
     assert any(".momentum_buffer" in k for k in straight)
@@ -295,7 +316,7 @@ def test_fast_newton_schulz_is_bf16_only_on_cpus_that_multiply_bf16_natively(mon
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
     cpu = torch.device("cpu")
-    assert optim.ns_dtype("fast", cpu) == expected
-    assert optim.ns_dtype("auto", cpu) == torch.float32  # the same result on every CPU
-    assert optim.ns_dtype("auto", torch.device("cuda")) == optim.ns_dtype("fast", torch.device("cuda")) == torch.bfloat16
-    assert optim.ns_dtype("fp32", torch.device("cuda")) == torch.float32 and optim.ns_dtype("bf16", cpu) == torch.bfloat16
+    assert ns_dtype("fast", cpu) == expected
+    assert ns_dtype("auto", cpu) == torch.float32  # the same result on every CPU
+    assert ns_dtype("auto", torch.device("cuda")) == ns_dtype("fast", torch.device("cuda")) == torch.bfloat16
+    assert ns_dtype("fp32", torch.device("cuda")) == torch.float32 and ns_dtype("bf16", cpu) == torch.bfloat16

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from helpers import pattern_stream, quick_config, tiny_gpt
-from mingpt import optim
+from mingpt.training import optim, schedule
 from mingpt.model import GPT
-from mingpt.optim import OptimizerSet
+from mingpt.training.optim import OptimizerSet
 from mingpt.trainer import Trainer
 
 
@@ -33,7 +33,7 @@ def two_optimizer_gpt() -> TwoOptimizers:
 def test_set_lr_scales_each_group_by_its_multiplier():
     model = two_optimizer_gpt()
     optimizer = model.configure_optimizers(quick_config())
-    optim.set_lr(optimizer, 0.02)
+    schedule.set_lr(optimizer, 0.02)
     assert [g["lr"] for g in optimizer.param_groups] == [pytest.approx(0.2), pytest.approx(0.02)]
     assert len(optimizer.param_groups) == 2
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
@@ -55,9 +55,33 @@ def test_an_optimizer_set_steps_each_member_and_its_state_round_trips():
             assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_an_optimizer_set_is_a_torch_optimizer_whose_step_hooks_run():
+    """torch's machinery works through it: step pre- and post-hooks run once per step (torchft's
+    DiLoCo takes its outer step in one), its groups are the members' own dicts, its state theirs."""
+    model = two_optimizer_gpt()
+    optimizer = model.configure_optimizers(quick_config())
+    assert isinstance(optimizer, torch.optim.Optimizer)
+    calls = []
+    pre = optimizer.register_step_pre_hook(lambda opt, args, kwargs: calls.append("pre"))
+    post = optimizer.register_step_post_hook(lambda opt, args, kwargs: calls.append("post"))
+    x = torch.randint(7, (4, 16))
+    for _ in range(2):
+        model(x, x)[1].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert calls == ["pre", "post"] * 2
+    pre.remove(), post.remove()
+    optimizer.step()
+    assert calls == ["pre", "post"] * 2  # removed: they run no more
+    member_groups = [g for o in optimizer.optimizers for g in o.param_groups]
+    assert all(a is b for a, b in zip(optimizer.param_groups, member_groups))
+    assert len(optimizer.state) == len(list(model.parameters()))
+    assert all(optimizer.state[p] is o.state[p] for o in optimizer.optimizers for p in o.state)
+
+
 def test_two_optimizers_train_checkpoint_and_resume_exactly(tmp_path):
     def run(work_dir, max_iters, resume=False):
-        trainer = Trainer(quick_config(max_iters=max_iters, eval_interval=5, learning_rate=1e-2, lr_decay=False),
+        trainer = Trainer(quick_config(max_iters=max_iters, eval_interval=5, learning_rate=1e-2, lr_schedule="constant"),
                           two_optimizer_gpt(), pattern_stream(), work_dir=work_dir, resume=resume)
         trainer.run()
         return trainer
@@ -71,50 +95,54 @@ def test_two_optimizers_train_checkpoint_and_resume_exactly(tmp_path):
 
 
 # -- schedules ---------------------------------------------------------------------------------------
-def schedule(**overrides):
+def schedule_config(**overrides):
     return quick_config(**{**dict(max_iters=100, warmup_iters=10, learning_rate=1.0, min_lr_ratio=0.1), **overrides})
 
 
 @pytest.mark.parametrize("shape, at_90", [("linear", 0.55), ("1-sqrt", 0.1 + 0.9 * (1 - 0.5 ** 0.5))])
 def test_warmup_stable_decay_holds_the_rate_then_cools_down_to_the_floor(shape, at_90):
-    c = schedule(lr_schedule="wsd", cooldown_fraction=0.2, cooldown_shape=shape)
-    assert optim.lr_at(0, c) == pytest.approx(0.1)  # warmup: (it + 1) / warmup_iters
-    assert optim.lr_at(9, c) == pytest.approx(1.0)  # the warmup's end
-    assert optim.lr_at(50, c) == 1.0 and optim.lr_at(80, c) == 1.0  # stable, up to the cooldown's start
-    assert optim.lr_at(90, c) == pytest.approx(at_90)  # halfway through the cooldown
-    assert optim.lr_at(100, c) == pytest.approx(0.1)  # the floor, at max_iters
-    lrs = [optim.lr_at(i, c) for i in range(10, 101)]
+    c = schedule_config(lr_schedule="wsd", cooldown_fraction=0.2, cooldown_shape=shape)
+    assert schedule.lr_at(0, c) == pytest.approx(0.1)  # warmup: (it + 1) / warmup_iters
+    assert schedule.lr_at(9, c) == pytest.approx(1.0)  # the warmup's end
+    assert schedule.lr_at(50, c) == 1.0 and schedule.lr_at(80, c) == 1.0  # stable, up to the cooldown's start
+    assert schedule.lr_at(90, c) == pytest.approx(at_90)  # halfway through the cooldown
+    assert schedule.lr_at(100, c) == pytest.approx(0.1)  # the floor, at max_iters
+    lrs = [schedule.lr_at(i, c) for i in range(10, 101)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
 
 
-def test_wsd_without_lr_decay_is_constant_after_warmup_as_in_mingpt():
-    c = schedule(lr_schedule="wsd", lr_decay=False)
-    assert [optim.lr_at(i, c) for i in (9, 80, 99, 100)] == [1.0, 1.0, 1.0, 1.0]
+def test_lr_decay_as_code_written_before_lr_schedule_sets_it_still_says_decay_or_not():
+    c = schedule_config(lr_schedule="wsd", lr_decay=False)  # (a key the config no longer has: set by hand)
+    assert [schedule.lr_at(i, c) for i in (9, 80, 99, 100)] == [1.0, 1.0, 1.0, 1.0]
+    cosine, wsd = schedule_config(lr_schedule="constant", lr_decay=True), schedule_config(lr_schedule="wsd", lr_decay=True)
+    assert schedule.lr_at(55, cosine) == schedule.lr_at(55, schedule_config(lr_schedule="cosine")) < 1.0
+    assert schedule.lr_at(90, wsd) == schedule.lr_at(90, schedule_config(lr_schedule="wsd")) < 1.0
+    assert Trainer.get_default_config().lr_schedule == "constant"  # minGPT's rate
 
 
 def test_a_cooldown_longer_than_the_run_after_warmup_starts_when_the_warmup_ends():
-    c = schedule(lr_schedule="wsd", cooldown_fraction=1.0)
-    assert optim.lr_at(10, c) == 1.0 and optim.lr_at(55, c) == pytest.approx(0.55)
+    c = schedule_config(lr_schedule="wsd", cooldown_fraction=1.0)
+    assert schedule.lr_at(10, c) == 1.0 and schedule.lr_at(55, c) == pytest.approx(0.55)
 
 
 def test_a_time_budget_moves_the_wsd_cooldown_to_whichever_comes_first():
-    c = schedule(lr_schedule="wsd", cooldown_fraction=0.2)  # iterations 80..100, or 80%..100% of the time
-    assert optim.lr_at(50, c, time_fraction=0.5) == 1.0  # neither has begun its cooldown
-    assert optim.lr_at(50, c, time_fraction=0.9) == pytest.approx(0.55)  # halfway through the time's
-    assert optim.lr_at(90, c, time_fraction=0.1) == pytest.approx(0.55)  # halfway through the iterations'
-    assert optim.lr_at(95, c, time_fraction=0.9) == pytest.approx(0.325)  # the further along wins
-    assert optim.lr_at(50, c, time_fraction=1.5) == pytest.approx(0.1)  # over budget: the floor
-    no_limit = schedule(lr_schedule="wsd", cooldown_fraction=0.2, max_iters=None)
-    assert optim.lr_at(5000, no_limit) == 1.0  # no budget of either kind: constant
-    assert optim.lr_at(5000, no_limit, time_fraction=0.9) == pytest.approx(0.55)
-    cosine = schedule(lr_schedule="cosine")
-    assert optim.lr_at(50, cosine, time_fraction=0.99) == optim.lr_at(50, cosine)  # only wsd follows the clock
+    c = schedule_config(lr_schedule="wsd", cooldown_fraction=0.2)  # iterations 80..100, or 80%..100% of the time
+    assert schedule.lr_at(50, c, time_fraction=0.5) == 1.0  # neither has begun its cooldown
+    assert schedule.lr_at(50, c, time_fraction=0.9) == pytest.approx(0.55)  # halfway through the time's
+    assert schedule.lr_at(90, c, time_fraction=0.1) == pytest.approx(0.55)  # halfway through the iterations'
+    assert schedule.lr_at(95, c, time_fraction=0.9) == pytest.approx(0.325)  # the further along wins
+    assert schedule.lr_at(50, c, time_fraction=1.5) == pytest.approx(0.1)  # over budget: the floor
+    no_limit = schedule_config(lr_schedule="wsd", cooldown_fraction=0.2, max_iters=None)
+    assert schedule.lr_at(5000, no_limit) == 1.0  # no budget of either kind: constant
+    assert schedule.lr_at(5000, no_limit, time_fraction=0.9) == pytest.approx(0.55)
+    cosine = schedule_config(lr_schedule="cosine")
+    assert schedule.lr_at(50, cosine, time_fraction=0.99) == schedule.lr_at(50, cosine)  # only wsd follows the clock
 
 
 def test_muon_momentum_warms_up_linearly_then_holds():
     c = quick_config(muon_momentum_start=0.85, muon_momentum=0.95, muon_momentum_warmup_iters=300)
-    assert [optim.momentum_at(i, c) for i in (0, 150, 300, 1000)] == pytest.approx([0.85, 0.90, 0.95, 0.95])
-    assert optim.momentum_at(0, quick_config(muon_momentum_warmup_iters=0)) == 0.95
+    assert [schedule.momentum_at(i, c) for i in (0, 150, 300, 1000)] == pytest.approx([0.85, 0.90, 0.95, 0.95])
+    assert schedule.momentum_at(0, quick_config(muon_momentum_warmup_iters=0)) == 0.95
 
 
 def test_apply_schedule_sets_every_lr_and_only_muons_momentum():
@@ -122,11 +150,11 @@ def test_apply_schedule_sets_every_lr_and_only_muons_momentum():
     c = quick_config(optimizer="muon", muon_momentum_warmup_iters=10, warmup_iters=10)
     sgd = torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.5)
     optimizer = OptimizerSet([*optim.build(model, c).optimizers, sgd])
-    assert optim.apply_schedule(optimizer, 5, c) == pytest.approx(optim.lr_at(5, c))
+    assert schedule.apply_schedule(optimizer, 5, c) == pytest.approx(schedule.lr_at(5, c))
     muon_group, *_, sgd_group = optimizer.param_groups
     assert muon_group["momentum"] == pytest.approx(0.9) and sgd_group["momentum"] == 0.5
-    assert muon_group["lr"] == pytest.approx(optim.lr_at(5, c) * c.muon_lr / c.learning_rate)
-    assert optim.apply_schedule(optimizer, 5, c, lr=0.5) == 0.5 and sgd_group["lr"] == 0.5
+    assert muon_group["lr"] == pytest.approx(schedule.lr_at(5, c) * c.muon_lr / c.learning_rate)
+    assert schedule.apply_schedule(optimizer, 5, c, lr=0.5) == 0.5 and sgd_group["lr"] == 0.5
 
 
 def test_a_trainer_that_overrides_lr_at_still_sets_the_rate():
@@ -159,7 +187,7 @@ def test_adamw_is_the_models_own_optimizer_and_trains_bitwise_as_before(monkeypa
 
     losses, weights = train()
     monkeypatch.setattr(optim, "build", lambda model, c: model.configure_optimizers(c))
-    monkeypatch.setattr(optim, "apply_schedule", lambda optimizer, it, c, lr: optim.set_lr(optimizer, lr))
+    monkeypatch.setattr(schedule, "apply_schedule", lambda optimizer, it, c, lr: schedule.set_lr(optimizer, lr))
     old_losses, old_weights = train()
     assert losses == old_losses
     assert all(torch.equal(a, b) for a, b in zip(weights, old_weights))
@@ -168,7 +196,7 @@ def test_adamw_is_the_models_own_optimizer_and_trains_bitwise_as_before(monkeypa
 # -- bad settings ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("key, value, message", [
     ("optimizer", "sgd", "trainer.optimizer='sgd' must be one of 'adamw', 'muon'"),
-    ("lr_schedule", "step", "trainer.lr_schedule='step' must be one of 'cosine', 'wsd'"),
+    ("lr_schedule", "step", "trainer.lr_schedule='step' must be one of 'constant', 'cosine', 'wsd'"),
     ("cooldown_shape", "sqrt", "trainer.cooldown_shape='sqrt' must be one of 'linear', '1-sqrt'"),
     ("muon_ns_dtype", "fp16", "trainer.muon_ns_dtype='fp16' must be one of 'auto', 'fast', 'fp32', 'bf16'"),
     ("cooldown_fraction", -0.1, "trainer.cooldown_fraction=-0.1 must be between 0 and 1"),

@@ -8,7 +8,7 @@ import pytest
 
 from mingpt.bpe import BPETokenizer
 from mingpt.data import read_pieces
-from mingpt.tokenizers import load as load_tokenizer
+from mingpt.data.tokenizers import load as load_tokenizer
 
 TINY = ["--model.model_type=None", "--model.n_layer=1", "--model.n_head=2", "--model.n_embd=16",
         "--model.block_size=16", "--trainer.max_iters=20", "--trainer.eval_interval=10",

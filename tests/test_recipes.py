@@ -1,4 +1,4 @@
-"""Recipes (mingpt/recipes.py): named overrides that every training job takes with --recipe=NAME,
+"""Recipes (mingpt/jobs/recipes.py): named overrides that every training job takes with --recipe=NAME,
 applied to the job's defaults before the command line's own overrides, which win; listed by
 --help; recorded in config.json. The mechanism is tested with small recipes of the tests' own,
 put into the table for one test."""
@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from mingpt import recipes
+from mingpt.jobs import recipes
 from mingpt.cli import JOBS, run_job, take_recipe
-from mingpt.recipes import Recipe
+from mingpt.jobs.recipes import Recipe
 from mingpt.utils import cpu_multiplies_bf16
 
 TRAINING_JOBS = ("adder", "chargpt", "train", "words")
@@ -160,7 +160,7 @@ def test_the_five_minutes_recipe_trains_until_its_time_budget(corpus, tmp_path, 
     # and toward the recipe's floor, 0: the last iteration's rate was set from the clock as it read
     # after the row before last was written, so it is at most lr_at of that row's time
     from types import SimpleNamespace
-    from mingpt.optim import lr_at
+    from mingpt.training.schedule import lr_at
     trainer, before_last = SimpleNamespace(**config["trainer"]), rows[-3]
     assert lr_at(0, trainer, time_fraction=1.0) == 0.0
     assert lrs[-1] <= lr_at(0, trainer, time_fraction=before_last["elapsed_s"] / trainer.max_seconds)
@@ -185,15 +185,15 @@ def test_the_gpt2_124m_recipe_is_the_published_model_and_524288_tokens_a_step_on
         resolve_accumulation(t, 16)  # 2 nodes of 8: halve the micro-batch
     two_nodes = job_config("train", "--recipe=gpt2-124m", "--trainer.batch_size=32").trainer
     assert resolve_accumulation(two_nodes, 16) * 32 * 16 * 1024 == 524_288
-    assert (t.learning_rate, t.warmup_iters, t.lr_decay, t.lr_schedule, t.min_lr_ratio) == (6e-4, 700, True, "cosine", 0.1)
+    assert (t.learning_rate, t.warmup_iters, t.lr_schedule, t.min_lr_ratio) == (6e-4, 700, "cosine", 0.1)
     assert (t.weight_decay, tuple(t.betas), t.grad_norm_clip, t.max_iters) == (0.1, (0.9, 0.95), 1.0, 19073)
     assert t.max_iters == 10**10 // 524_288  # 10B tokens: one pass over FineWeb-Edu's sample-10BT
 
 
 def test_the_gpt2_124m_schedule_warms_up_for_700_steps_and_ends_at_a_tenth():
-    from mingpt import optim
+    from mingpt.training import schedule
 
     t = job_config("train", "--recipe=gpt2-124m").trainer
-    assert optim.lr_at(0, t) < 1e-6 and math.isclose(optim.lr_at(700, t), 6e-4)
-    assert optim.lr_at(350, t) == pytest.approx(3e-4, rel=0.01)
-    assert math.isclose(optim.lr_at(19073, t), 6e-5, rel_tol=1e-6)
+    assert schedule.lr_at(0, t) < 1e-6 and math.isclose(schedule.lr_at(700, t), 6e-4)
+    assert schedule.lr_at(350, t) == pytest.approx(3e-4, rel=0.01)
+    assert math.isclose(schedule.lr_at(19073, t), 6e-5, rel_tol=1e-6)

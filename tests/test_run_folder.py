@@ -6,16 +6,16 @@ import pytest
 import torch
 
 from helpers import Bigram, pattern_stream, quick_config, tiny_gpt
-from mingpt.checkpoint import CheckpointError
+from mingpt.training.checkpoint import CheckpointError
 from mingpt.model import GPT
-from mingpt.run_folder import RunFolder
+from mingpt.training.run_folder import RunFolder
 from mingpt.trainer import Trainer
 from mingpt.utils import atomic_path, atomic_write
 
 
 def trained_run(work_dir, max_iters=20, resume=False, checkpoint=None) -> Trainer:
     torch.manual_seed(0)
-    trainer = Trainer(quick_config(max_iters=max_iters, eval_interval=5, keep_last=3, lr_decay=False), tiny_gpt(vocab_size=7),
+    trainer = Trainer(quick_config(max_iters=max_iters, eval_interval=5, keep_last=3, lr_schedule="constant"), tiny_gpt(vocab_size=7),
                       pattern_stream(), pattern_stream(800), work_dir=work_dir, resume=resume, checkpoint=checkpoint)
     trainer.run()
     return trainer

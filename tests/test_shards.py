@@ -1,4 +1,4 @@
-"""`mingpt prepare --data.input=hf:...`: a dataset read by `datasets` -> token shards (mingpt/shards.py),
+"""`mingpt prepare --data.input=hf:...`: a dataset read by `datasets` -> token shards (mingpt/data/shards.py),
 tested offline on small local parquet / jsonl files, and `mingpt train` on the shards."""
 import json
 import os
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from helpers import PROJECT_ROOT
-from mingpt import shards
+from mingpt.data import shards
 from mingpt.bpe import BPETokenizer
 from mingpt.data import TokenShards, TokenStream, load_prepared
 
@@ -114,7 +114,7 @@ def test_a_preparation_killed_half_way_resumes_and_ends_with_the_same_shards(dat
     """A real process killed by SIGKILL (each shard slowed down, so that the kill lands half-way)."""
     prepare(dataset, tmp_path / "straight")
     out = tmp_path / "killed"
-    script = ("import sys, time; from mingpt import shards; finish = shards._finish_shard\n"
+    script = ("import sys, time; from mingpt.data import shards; finish = shards._finish_shard\n"
               "shards._finish_shard = lambda *a: (finish(*a), time.sleep(0.5))\n"
               "from mingpt.cli import main; sys.exit(main(sys.argv[1:]))")
     args = ["prepare", f"--data.input=hf:{dataset}", f"--data.out_dir={out}", f"--data.shard_tokens={SHARD}",
@@ -225,7 +225,7 @@ def test_without_the_datasets_package_the_error_names_the_extra(tmp_path, monkey
 def test_a_missing_text_column_and_a_learnt_tokenizer_are_refused(dataset, tmp_path):
     with pytest.raises(ValueError, match="no column 'content' \\(it has id, text\\).*--data.text_key"):
         shards.prepare_shards(shards.Source(str(dataset), text_key="content"), tmp_path / "out", BPETokenizer(), SHARD)
-    from mingpt.pipeline import prepare_hf_data
+    from mingpt.jobs.pipeline import prepare_hf_data
     from mingpt.utils import CfgNode
     with pytest.raises(ValueError, match="tokenizer.kind='char'.*--tokenizer.kind=gpt2"):
         prepare_hf_data(CfgNode(input=f"hf:{dataset}"), CfgNode(kind="char"))

@@ -1,4 +1,4 @@
-"""Static-shape decoding (mingpt/decode.py): the same tokens as generate's usual loop, eager and
+"""Static-shape decoding (mingpt/nn/decode.py): the same tokens as generate's usual loop, eager and
 compiled, with the model options; sampling that is seeded, faithful to its distribution and inside
 top-k / top-p; refusals; and the CPU default left as it is."""
 import copy
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from helpers import MODEL_OPTIONS, tiny_gpt
-from mingpt import decode
-from mingpt.generate import filtered_logits
+from mingpt.nn import decode
+from mingpt.nn.generate import filtered_logits
 
 # the options that change what the static step does: RoPE (positions from a tensor), GQA (the
 # cache holds kv heads), a local layer (a band mask over the whole cache) and a window shorter

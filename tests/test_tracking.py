@@ -1,4 +1,4 @@
-"""--trainer.log_to (mingpt/tracking.py): a short training run's metrics.jsonl rows also reach
+"""--trainer.log_to (mingpt/training/tracking.py): a short training run's metrics.jsonl rows also reach
 TensorBoard and an offline Weights & Biases run, read back from the files they write."""
 import json
 import struct
@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from helpers import tiny_run
-from mingpt.run_folder import RunFolder
+from helpers import assert_close_to, tiny_run
+from mingpt.training.run_folder import RunFolder
 
 
 def tensorboard_scalars(folder, tag):
@@ -65,7 +65,7 @@ def test_a_short_run_writes_a_tensorboard_event_file_and_an_offline_wandb_run_wi
         logged = [(row["iter"], row[tag]) for row in rows if tag in row]
         scalars = tensorboard_scalars(work_dir / "tensorboard", tag)
         assert [s for s, _ in scalars] == [s for s, _ in logged]
-        assert [v for _, v in scalars] == pytest.approx([v for _, v in logged], rel=1e-6)  # (stored as float32)
+        assert_close_to([v for _, v in logged], [v for _, v in scalars], 1)  # (stored as float32: rounded once)
 
     (run_file,) = (work_dir / "wandb").glob("offline-run-*/run-*.wandb")
     history = wandb_history(run_file)
@@ -76,10 +76,10 @@ def test_a_short_run_writes_a_tensorboard_event_file_and_an_offline_wandb_run_wi
 
 
 def test_trackers_are_off_by_default_and_load_nothing(tmp_path):
-    sys.modules.pop("mingpt.tracking", None)  # (the one module that imports TensorBoard or W&B)
+    sys.modules.pop("mingpt.training.tracking", None)  # (the one module that imports TensorBoard or W&B)
     tiny_run(tmp_path / "run").run()
     assert not (tmp_path / "run" / "tensorboard").exists() and not (tmp_path / "run" / "wandb").exists()
-    assert "mingpt.tracking" not in sys.modules
+    assert "mingpt.training.tracking" not in sys.modules
 
 
 def test_tensorboard_alone_gets_the_rows_of_metrics_jsonl(tmp_path):
@@ -87,7 +87,8 @@ def test_tensorboard_alone_gets_the_rows_of_metrics_jsonl(tmp_path):
     tiny_run(work_dir, log_to=["tensorboard"]).run()
     rows = RunFolder(work_dir).read_metrics()
     scalars = tensorboard_scalars(work_dir / "tensorboard", "loss")
-    assert scalars == [(row["iter"], pytest.approx(row["loss"], rel=1e-6)) for row in rows]
+    assert [s for s, _ in scalars] == [row["iter"] for row in rows]
+    assert_close_to([row["loss"] for row in rows], [v for _, v in scalars], 1)
     assert not (work_dir / "wandb").exists()
 
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from mingpt.utils import CfgNode, ConfigError
+from mingpt.utils import CfgNode, ConfigError, Setting
 
 
 def make_config() -> CfgNode:
@@ -83,6 +83,65 @@ def test_none_defaults_accept_any_value_and_to_dict_round_trips():
     assert fresh.to_dict() == d
 
 
+def test_a_setting_declares_what_a_key_may_hold_and_check_names_every_problem_in_one_line():
+    c = CfgNode(batch_size=Setting(64, min=1), dtype=Setting("auto", choices=("auto", "fp32")),
+                momentum=Setting(0.9, min=0, below=1), max_iters=Setting(None, kind=int, min=0),
+                eval_iters=Setting(50, min=1, optional=True), name="run")
+    assert (c.batch_size, c.dtype, c.max_iters) == (64, "auto", None)  # the defaults, as plain values
+    c.check("trainer.")  # the defaults are fine
+    c.batch_size, c.dtype, c.momentum, c.max_iters, c.name = 0, "fp64", 1.0, -1, 3  # (by attribute, as minGPT's code)
+    with pytest.raises(ConfigError) as refused:
+        c.check("trainer.")
+    message = str(refused.value)
+    assert "\n" not in message and message.split("; ") == [
+        "trainer.batch_size=0 must be >= 1", "trainer.dtype='fp64' must be one of 'auto', 'fp32'",
+        "trainer.momentum=1.0 must be in [0, 1)", "trainer.max_iters=-1 must be >= 0, or None",
+        "trainer.name=3 must be of type str"]
+    c.batch_size, c.dtype, c.momentum, c.max_iters, c.name, c.eval_iters = 8, "fp32", 0.5, None, "x", None
+    c.check()  # None where the default is None, or where the Setting says optional
+    c.batch_size = None
+    with pytest.raises(ConfigError, match=r"batch_size=None is not allowed; it must be a whole number >= 1"):
+        c.check()
+    c.batch_size = float("nan")
+    with pytest.raises(ConfigError, match="batch_size=nan must be a whole number >= 1"):
+        c.check()
+
+
+def test_a_none_default_with_a_kind_refuses_other_types_on_the_command_line():
+    c = CfgNode(max_seconds=Setting(None, kind=float, above=0))
+    c.merge_from_args(["--max_seconds=300"])
+    assert c.max_seconds == 300.0 and isinstance(c.max_seconds, float)
+    with pytest.raises(ConfigError, match="max_seconds must be of type float, got 'soon'"):
+        c.merge_from_args(["--max_seconds=soon"])
+    c.merge_from_args(["--max_seconds=None"])
+    assert c.max_seconds is None
+
+
+def fragments_fit(c: CfgNode, prefix: str) -> list[str]:
+    return [] if c.every % c.parts == 0 else [f"{prefix}every={c.every} must be a multiple of {prefix}parts={c.parts}"]
+
+
+def test_a_check_of_several_keys_runs_once_each_key_is_fine_and_survives_a_copy():
+    import copy
+    import pickle
+    c = CfgNode(every=Setting(20, min=1), parts=Setting(1, min=1)).also_check(fragments_fit)
+    c.parts = 3
+    with pytest.raises(ConfigError, match="^s.every=20 must be a multiple of s.parts=3$"):
+        c.check("s.")
+    c.parts = 0  # a key's own problem first: the check of both would divide by zero
+    with pytest.raises(ConfigError, match="^parts=0 must be >= 1$"):
+        c.check()
+    for twin in (copy.deepcopy(c), pickle.loads(pickle.dumps(c))):
+        twin.parts = 3
+        assert twin.problems() == ["every=20 must be a multiple of parts=3"]
+
+
+def test_a_renamed_key_says_what_it_is_now():
+    c = CfgNode(trainer=CfgNode(lr_schedule="constant"))
+    with pytest.raises(ConfigError, match=r"lr_decay=True is now lr_schedule='cosine'"):
+        c.merge_from_args(["--trainer.lr_decay=True"])
+
+
 def test_str_is_readable_and_nested():
     text = str(make_config())
     assert "system:\n    seed: 3407" in text
@@ -101,7 +160,7 @@ def test_keep_freed_memory_stops_the_page_faults_of_reallocated_buffers():
     per step in the bench, but with bursts from the OS that make it a poor test.)"""
     script = """
 import resource, sys, torch
-from mingpt.kernels import keep_freed_memory
+from mingpt.nn.kernels import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 def step():

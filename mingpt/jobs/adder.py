@@ -18,7 +18,8 @@ import sys
 
 import torch
 
-from mingpt import runtime
+from mingpt.training import runtime
+from mingpt.jobs.pipeline import system_config
 from mingpt.model import GPT
 from mingpt.trainer import Trainer
 from mingpt.utils import CfgNode, setup_logging
@@ -31,8 +32,8 @@ MISTAKES_SHOWN = 5  # wrong sums shown at each grading
 
 def get_config() -> CfgNode:
     C = CfgNode()
-    C.system = CfgNode(seed=3407, work_dir="out/adder", resume=False, overwrite=False, checkpoint=None)
-    C.recipe = None  # set by --recipe=NAME (mingpt/recipes.py; --help lists them), recorded in config.json
+    C.system = system_config("out/adder")
+    C.recipe = None  # set by --recipe=NAME (jobs/recipes.py; --help lists them), recorded in config.json
     C.data = AdditionProblems.get_default_config()
     C.model = GPT.get_default_config()
     C.model.model_type = "gpt-nano"
@@ -42,7 +43,7 @@ def get_config() -> CfgNode:
     C.trainer.batch_size = 64
     C.trainer.max_iters = 10000
     C.trainer.warmup_iters = 100
-    C.trainer.lr_decay = True  # cosine (minGPT's default is a constant rate)
+    C.trainer.lr_schedule = "cosine"  # (minGPT's default is a constant rate)
     C.trainer.eval_interval = 250  # how often the held-out test set is graded
     return C
 

@@ -5,7 +5,7 @@
 
 Training: ms/iter, tokens/s and MFU of a full step (forward, backward, clip, AdamW) for mingpt (its
 Trainer's path: batches cut from one tensor, fused AdamW, no host sync, malloc keeping freed
-memory, oneDNN for large matmuls through mingpt.kernels), Hugging Face's GPT2LMHeadModel at the same shape and batches, a
+memory, oneDNN for large matmuls through mingpt.nn.kernels), Hugging Face's GPT2LMHeadModel at the same shape and batches, a
 plain reference loop (the same model, per-example DataLoader, foreach AdamW, default malloc), and
 mingpt with one speed-up undone at a time (the malloc at both sizes, oneDNN at mini-256 where it
 applies, the others at chargpt where per-step overheads matter). Each runs in its own process, as
@@ -33,9 +33,9 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from mingpt import kernels
+from mingpt.nn import kernels
 from mingpt.data import TokenStream
-from mingpt.kernels import CPUKernels
+from mingpt.nn.kernels import CPUKernels
 from mingpt.model import GPT
 from mingpt.utils import CfgNode, set_seed, setup_logging, write_json
 

@@ -15,24 +15,25 @@ import sys
 
 import torch
 
-from mingpt import diloco, runtime
-from mingpt.char import CharTokenizer
+from mingpt.distributed import diloco
+from mingpt.training import runtime
+from mingpt.data.char import CharTokenizer
 from mingpt.data import TokenStream, check_val_fraction, load_corpus
 from mingpt.model import GPT
 from mingpt.model import describe_presets as help_notes  # noqa: F401  (for --help)
-from mingpt.pipeline import train_and_sample
+from mingpt.jobs.pipeline import sample_config, system_config, train_and_sample
 from mingpt.trainer import Trainer
-from mingpt.utils import CfgNode, setup_logging
+from mingpt.utils import CfgNode, Setting, setup_logging
 
 log = logging.getLogger(__name__)
 
 
 def get_config() -> CfgNode:
     C = CfgNode()
-    # checkpoint: which one to resume from ('latest', 'best', 'iter_N'; None: the newest intact)
-    C.system = CfgNode(seed=3407, work_dir="out/chargpt", resume=False, overwrite=False, checkpoint=None)
-    C.recipe = None  # set by --recipe=NAME (mingpt/recipes.py; --help lists them), recorded in config.json
-    C.data = CfgNode(input="", val_fraction=0.1)  # input: a file, 'shakespeare', or '' (built-in)
+    C.system = system_config("out/chargpt")
+    C.recipe = None  # set by --recipe=NAME (jobs/recipes.py; --help lists them), recorded in config.json
+    # input: a file, 'shakespeare', or '' (built-in); the last val_fraction of it is for validation
+    C.data = CfgNode(input="", val_fraction=Setting(0.1, above=0, below=1))
     C.model = GPT.get_default_config()
     C.model.model_type = "gpt-micro"  # 4 layers, 4 heads, 128 dims
     C.model.block_size = 64
@@ -43,13 +44,13 @@ def get_config() -> CfgNode:
     C.trainer.batch_size = 12
     C.trainer.max_iters = 2000
     C.trainer.warmup_iters = 100
-    C.trainer.lr_decay = True  # cosine (minGPT's default is a constant rate)
+    C.trainer.lr_schedule = "cosine"  # (minGPT's default is a constant rate)
     C.trainer.betas = (0.9, 0.99)  # small batches give noisy gradients: average them longer
     C.trainer.weight_decay = 0.0  # at 2000 iterations the model underfits; decay only slows it
     C.trainer.min_lr_ratio = 0.3  # cosine to 3e-4, not 1e-4: measured 0.01 lower val loss
     C.trainer.eval_iters = None  # validate on the whole validation split
-    C.sample = CfgNode(prompt="", max_new_tokens=500, temperature=1.0, top_k=None)
-    C.diloco = diloco.get_default_config()  # off (sync_every=0); one worker of many with it (mingpt/diloco.py)
+    C.sample = sample_config(max_new_tokens=500, top_k=None)
+    C.diloco = diloco.get_default_config()  # off (sync_every=0); one worker of many with it (distributed/diloco/)
     return C
 
 

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from mingpt import diloco
+from mingpt.distributed import diloco
 from mingpt.cli import JOBS, take_recipe
-from mingpt.run_folder import RunFolder
-from mingpt.utils import CfgNode, ConfigError, setup_logging
+from mingpt.training.run_folder import RunFolder
+from mingpt.utils import CfgNode, ConfigError, Setting, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,10 @@ USAGE = ("usage: mingpt diloco [--workers=N] [--port=P] [--join_timeout_s=S] [--
 def get_config() -> CfgNode:
     """The launcher's own settings (before JOB on the command line)."""
     return CfgNode(
-        workers=2,
-        port=0,  # the lighthouse's port (0: any free one)
-        join_timeout_s=10.0,  # how long a quorum waits for workers of the last one that are missing
-        heartbeat_timeout_s=2.0,  # a worker silent this long is taken for dead
+        workers=Setting(2, min=1),
+        port=Setting(0, min=0, max=65535),  # the lighthouse's port (0: any free one)
+        join_timeout_s=Setting(10.0, above=0),  # how long a quorum waits for workers of the last one that are missing
+        heartbeat_timeout_s=Setting(2.0, above=0),  # a worker silent this long is taken for dead
     )
 
 
@@ -63,9 +63,7 @@ def job_config(job: str, args: list[str]) -> CfgNode:
     if not config.diloco.sync_every:
         raise ConfigError("mingpt diloco needs --diloco.sync_every=H, the inner steps between outer steps "
                           "(e.g. 20)")
-    problems = diloco.config_problems(config.diloco)
-    if problems:
-        raise ConfigError("; ".join(problems))
+    config.check()
     diloco.require_torchft()
     return config
 
@@ -78,20 +76,16 @@ def main_args(args: list[str]) -> int:
     own, job, job_args = split_args(args)
     c = get_config()
     c.merge_from_args(own)
-    if c.workers < 1:
-        raise ConfigError(f"--workers={c.workers} must be >= 1")
+    c.check("--")
     config = job_config(job, job_args)
     setup_logging()
     s, work_dir = config.system, Path(config.system.work_dir)
     if not s.resume and not s.overwrite and RunFolder(work_dir).holds_run():
         raise FileExistsError(f"{str(work_dir)!r} already holds a run; continue it with --system.resume=true, "
                               f"start over with --system.overwrite=true, or choose another --system.work_dir")
-    os.environ.setdefault("RUST_LOG", "warn")  # (torchft's lighthouse logs every quorum at info)
-    from torchft.coordination import LighthouseServer
+    from mingpt.distributed.diloco import torchft_adapter
 
-    lighthouse = LighthouseServer(bind=f"[::]:{c.port}", min_replicas=config.diloco.min_workers,
-                                  join_timeout_ms=int(c.join_timeout_s * 1000),
-                                  heartbeat_timeout_ms=int(c.heartbeat_timeout_s * 1000))
+    lighthouse = torchft_adapter.lighthouse(c.port, config.diloco.min_workers, c.join_timeout_s, c.heartbeat_timeout_s)
     threads = max(1, (os.cpu_count() or 1) // c.workers)
     log.info(f"diloco: lighthouse at {lighthouse.address()}; {c.workers} workers of {threads} thread(s), "
              f"logs in {work_dir}/workers/<id>/worker.log")

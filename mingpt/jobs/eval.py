@@ -7,7 +7,7 @@
 
 --model takes what `mingpt sample --model=` takes: a mingpt run folder (with its tokenizer), a
 Hugging Face folder or a hub name (with its family's tokenizer). HellaSwag is scored as
-lm-evaluation-harness scores it (evaluate.py says how), so the figures compare with published
+lm-evaluation-harness scores it (mingpt/eval/choice.py says how), so the figures compare with published
 ones: OpenAI's GPT-2 124M has acc 0.289, acc_norm 0.311 in the harness. val_loss is the mean loss
 on a `mingpt prepare` folder's val.bin, whose tokenizer must be the model's. Prints the scores;
 --out=FILE also writes them as JSON.
@@ -20,11 +20,15 @@ from pathlib import Path
 
 import torch
 
-from mingpt import evaluate, hellaswag, runtime, tokenizers
+from mingpt.eval import loss as eval_loss
+from mingpt.eval import hellaswag
+from mingpt.training import runtime
+from mingpt.data import tokenizers
 from mingpt.data import load_prepared
 from mingpt.model import GPT
-from mingpt.pipeline import check_same_tokenizer, encoded_task, load_for_evaluation
-from mingpt.utils import CfgNode, ConfigError, setup_logging, write_json
+from mingpt.formats import pretrained
+from mingpt.jobs.pipeline import check_same_tokenizer, encoded_task, system_config
+from mingpt.utils import CfgNode, Setting, setup_logging, write_json
 
 log = logging.getLogger(__name__)
 TASKS = ("hellaswag", "val_loss")
@@ -34,23 +38,33 @@ def get_config() -> CfgNode:
     return CfgNode(
         # device 'auto': cuda, mps, then cpu; dtype 'fp32' as the harness (a model's own
         # precision), or 'bf16' / 'fp16' autocast; checkpoint: of a run folder (None: the newest)
-        system=CfgNode(seed=3407, device="auto", dtype="fp32", checkpoint=None),
+        system=system_config(None, trains=False, device="auto", dtype=Setting("fp32", choices=tuple(runtime.DTYPES))),
         model="",  # a mingpt run folder, a Hugging Face folder or a hub name (gpt2, ...)
-        task="hellaswag",  # or 'val_loss'
+        task=Setting("hellaswag", choices=TASKS),
         # path: a local HellaSwag jsonl ('': the validation set, downloaded once); dir: the
         # `mingpt prepare` folder of val_loss; limit: the first N items (hellaswag) or batches (val_loss)
-        data=CfgNode(path="", dir="", limit=None),
-        batch_size=16,
+        data=CfgNode(path="", dir="", limit=Setting(None, kind=int, min=1)),
+        batch_size=Setting(16, min=1),
         out="",  # a JSON file for the scores ('': print only)
         progress_bar=True,
-    )
+    ).also_check(_what_the_task_needs)
+
+
+def _what_the_task_needs(config: CfgNode, prefix: str) -> list[str]:
+    """A model to score, and for val_loss the prepared data to score it on."""
+    problems = []
+    if not config.model:
+        problems.append("--model is not given; pass a mingpt run folder, a Hugging Face folder or a hub name")
+    if config.task == "val_loss" and not config.data.dir:
+        problems.append("task='val_loss' needs --data.dir=FOLDER, a folder made by `mingpt prepare`")
+    return problems
 
 
 def main(config: CfgNode) -> dict:
     setup_logging()
-    check_config(config)
+    config.check()
     chosen = runtime.setup(config.system.device, config.system.dtype, seed=config.system.seed)
-    model, tokenizer = load_for_evaluation(config.model, chosen.device, config.system.checkpoint)
+    model, tokenizer = pretrained.load_with_tokenizer(GPT, config.model, chosen.device, config.system.checkpoint)
 
     def autocast():
         return torch.autocast(chosen.device.type, dtype=chosen.amp_dtype, enabled=chosen.amp_dtype is not None)
@@ -69,25 +83,6 @@ def main(config: CfgNode) -> dict:
         write_json(out, result)
         log.info(f"wrote the scores to {out}")
     return result
-
-
-def check_config(config: CfgNode) -> None:
-    problems = []
-    if not config.model:
-        problems.append("--model is not given; pass a mingpt run folder, a Hugging Face folder or a hub name")
-    if config.task not in TASKS:
-        problems.append(f"task={config.task!r} must be one of {', '.join(map(repr, TASKS))}")
-    if config.task == "val_loss" and not config.data.dir:
-        problems.append("task='val_loss' needs --data.dir=FOLDER, a folder made by `mingpt prepare`")
-    if config.batch_size < 1:
-        problems.append(f"batch_size={config.batch_size} must be >= 1")
-    if config.data.limit is not None and (not isinstance(config.data.limit, int) or config.data.limit < 1):
-        problems.append(f"data.limit={config.data.limit!r} must be a whole number >= 1, or None (all)")
-    if config.system.dtype not in runtime.DTYPES:
-        problems.append(f"system.dtype={config.system.dtype!r} must be one of "
-                        f"{', '.join(map(repr, runtime.DTYPES))}")
-    if problems:
-        raise ConfigError("; ".join(problems))
 
 
 def hellaswag_scores(config: CfgNode, model: GPT, tokenizer: tokenizers.Tokenizer, device: torch.device,
@@ -110,7 +105,7 @@ def val_loss_scores(config: CfgNode, model: GPT, device: torch.device, autocast)
     batches = -(-max(batches, 1) // config.batch_size)
     if config.data.limit is not None:
         batches = min(batches, config.data.limit)
-    loss = evaluate.val_loss(model, val, config.batch_size, batches, device, autocast)
+    loss = eval_loss.val_loss(model, val, config.batch_size, batches, device, autocast)
     return {"val_loss": loss, "batches": batches, "data": str(data_dir)}
 
 

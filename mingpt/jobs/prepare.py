@@ -7,17 +7,18 @@
 writes train.bin and val.bin (token ids), meta.json and the tokenizer into out_dir; `mingpt train
 --data.dir=out_dir` trains on them. Files are streamed, so a corpus larger than memory works. A
 Hugging Face dataset (hf:NAME, or hf:FOLDER of a local copy) streams into shards of
-data.shard_tokens tokens instead, the first of them the validation split (mingpt/shards.py); run
+data.shard_tokens tokens instead, the first of them the validation split (mingpt/data/shards.py); run
 the same command again to resume one stopped half-way.
 """
 from __future__ import annotations
 
 import sys
 
-from mingpt import runtime
-from mingpt.pipeline import prepare_data, prepare_hf_data
-from mingpt.shards import is_hf_input
-from mingpt.utils import CfgNode, setup_logging
+from mingpt.data import tokenizers
+from mingpt.training import runtime
+from mingpt.jobs.pipeline import prepare_data, prepare_hf_data
+from mingpt.data.shards import is_hf_input
+from mingpt.utils import CfgNode, Setting, setup_logging
 
 
 def get_config() -> CfgNode:
@@ -26,10 +27,11 @@ def get_config() -> CfgNode:
         # Hugging Face dataset (the hub, or a local folder / file of one) streamed into token shards
         # of shard_tokens, the first one validation (val_fraction is for text files), tokenized
         # by `processes` processes (None: one per core); subset, split, text_key pick its documents
-        data=CfgNode(input="", out_dir="out/data", val_fraction=0.1, subset="", split="train", text_key="text",
-                     shard_tokens=100_000_000, processes=None),
+        data=CfgNode(input="", out_dir="out/data", val_fraction=Setting(0.1, above=0, below=1), subset="",
+                     split="train", text_key="text", shard_tokens=Setting(100_000_000, min=1),
+                     processes=Setting(None, kind=int, min=1)),
         # kind: 'gpt2' (OpenAI's BPE), 'bpe' (trained here on the input), or 'char'
-        tokenizer=CfgNode(kind="gpt2", vocab_size=4096),
+        tokenizer=CfgNode(kind=Setting("gpt2", choices=tuple(tokenizers.KINDS)), vocab_size=Setting(4096, min=1)),
     )
 
 

@@ -15,26 +15,27 @@ merges.txt).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import torch
 
-from mingpt import runtime, tokenizers
+from mingpt.data import tokenizers
+from mingpt.formats import pretrained
+from mingpt.jobs.pipeline import system_config
 from mingpt.model import GPT
-from mingpt.run_folder import RunFolder
-from mingpt.utils import CfgNode, setup_logging
+from mingpt.training import runtime
+from mingpt.utils import CfgNode, Setting, setup_logging
 
 
 def get_config() -> CfgNode:
     return CfgNode(
-        system=CfgNode(work_dir="out/chargpt", seed=3407, device="auto", checkpoint=None),
+        system=system_config("out/chargpt", trains=False, device="auto"),
         model="",  # a hub name, Hugging Face folder or run folder; '' : system.work_dir
         prompt="",  # '' starts a new document: <|endoftext|> or a newline
-        max_new_tokens=500,
+        max_new_tokens=Setting(500, min=0),
         do_sample=True,  # False: greedy
-        temperature=1.0,
-        top_k=None,
-        top_p=None,
+        temperature=Setting(1.0, min=0),  # 0: greedy
+        top_k=Setting(None, kind=int, min=1),
+        top_p=Setting(None, kind=float, above=0, max=1),
     )
 
 
@@ -42,14 +43,7 @@ def main(config: CfgNode) -> str:
     setup_logging()
     device = runtime.setup(config.system.device, seed=config.system.seed).device
     source = config.model or config.system.work_dir
-    # a run's tokenizer is its tokenizer.json (a run's config.json is no Hugging Face config)
-    run = RunFolder(Path(source))
-    tokenizer = tokenizers.load(source) if run.holds_checkpoint() else tokenizers.for_pretrained(source)
-    model = GPT.from_pretrained(source, device=device, checkpoint=config.system.checkpoint).eval()
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise ValueError(f"the tokenizer found for {source!r} has {tokenizer.vocab_size} tokens but "
-                         f"the model knows only {model.config.vocab_size}: it was trained with another "
-                         f"tokenizer; sample from the mingpt run folder it came from instead")
+    model, tokenizer = pretrained.load_with_tokenizer(GPT, source, device, config.system.checkpoint)
     ids = tokenizers.start_ids(tokenizer, config.prompt)
     if len(ids) > model.block_size:
         raise ValueError(f"the prompt is {len(ids)} tokens, longer than the model's context of "

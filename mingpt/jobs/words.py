@@ -12,17 +12,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from mingpt import runtime
+from mingpt.data import tokenizers
+from mingpt.training import runtime
 from mingpt.model import describe_presets as help_notes  # noqa: F401  (for --help)
-from mingpt.pipeline import prepare_data, train_config, train_on_prepared
-from mingpt.utils import CfgNode, setup_logging
+from mingpt.jobs.pipeline import prepare_data, train_config, train_on_prepared
+from mingpt.utils import CfgNode, Setting, setup_logging
 
 
 def get_config() -> CfgNode:
     C = train_config()
     C.system.work_dir = "out/words"
-    C.data = CfgNode(input="", val_fraction=0.1)
-    C.tokenizer = CfgNode(kind="bpe", vocab_size=2048)  # kind: 'gpt2', 'bpe' or 'char'
+    C.data = CfgNode(input="", val_fraction=Setting(0.1, above=0, below=1))
+    C.tokenizer = CfgNode(kind=Setting("bpe", choices=tuple(tokenizers.KINDS)), vocab_size=Setting(2048, min=1))
     C.model.model_type = "gpt-micro"
     C.model.block_size = 64
     C.model.embd_pdrop = C.model.resid_pdrop = C.model.attn_pdrop = 0.0
