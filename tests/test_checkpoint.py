@@ -5,6 +5,7 @@ import random
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -66,12 +67,18 @@ def test_killed_and_resumed_run_is_bitwise_identical_to_a_straight_run(tmp_path,
 @pytest.mark.slow
 def test_sigkill_at_20_random_moments_never_leaves_an_unloadable_run(tmp_path, corpus):
     rng = random.Random(1234)
-    for attempt in range(20):
+    delays = [rng.uniform(0.0, 0.4) for _ in range(20)]
+
+    def kill(attempt: int) -> tuple[Path, subprocess.CompletedProcess]:
         work_dir = tmp_path / f"run{attempt}"
         # a checkpoint every iteration, so a kill often lands in the middle of saving one
-        killed = start_and_kill(chargpt(corpus, work_dir, "--trainer.max_iters=100000",
-                                        "--trainer.eval_interval=1", "--trainer.keep_last=1"),
-                                work_dir, after_iteration=1, extra_delay=rng.uniform(0.0, 0.4))
+        return work_dir, start_and_kill(chargpt(corpus, work_dir, "--trainer.max_iters=100000",
+                                                "--trainer.eval_interval=1", "--trainer.keep_last=1"),
+                                        work_dir, after_iteration=1, extra_delay=delays[attempt])
+
+    with ThreadPoolExecutor(max_workers=2) as pool:  # (two runs at a time: each is mostly its start-up)
+        runs = list(pool.map(kill, range(20)))
+    for work_dir, killed in runs:
         assert killed.returncode == -signal.SIGKILL
         model = GPT.from_pretrained(work_dir)
         meta, folder = RunFolder(work_dir).find_checkpoint()

@@ -83,7 +83,7 @@ class OptimizerSet(torch.optim.Optimizer):
         # torch's own set-up: the step hooks and the wrapper of step() that runs them (with no members
         # yet: it checks the group it adds against the groups already there)
         self.optimizers: list[torch.optim.Optimizer] = []
-        super().__init__([p for o in optimizers for g in o.param_groups for p in g["params"]], {})
+        super().__init__(list(dict.fromkeys(p for o in optimizers for g in o.param_groups for p in g["params"])), {})
         self.optimizers = list(optimizers)
 
     # The groups and the state are read from the members each time: a member's load_state_dict
