@@ -25,10 +25,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from kernels import take_turns  # noqa: E402  (benchmarks/kernels.py)
 
+from mingpt.model import GPT  # noqa: E402
 from mingpt.nn.cache import KVCache  # noqa: E402
 from mingpt.nn.kernels import keep_freed_memory  # noqa: E402
 from mingpt.nn.kernels.banded import band_mask, banded_attention  # noqa: E402
-from mingpt.model import GPT  # noqa: E402
 
 WINDOW = 256
 LENGTHS = (1024, 2048, 4096)

@@ -27,10 +27,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_check import gpt2, matmul_peak  # noqa: E402
 
-from mingpt.training import runtime  # noqa: E402
 from mingpt.data import TokenStream  # noqa: E402
 from mingpt.model import GPT  # noqa: E402
 from mingpt.trainer import Trainer  # noqa: E402
+from mingpt.training import runtime  # noqa: E402
 
 STEPS, WARMUP_STEPS = 30, 10
 

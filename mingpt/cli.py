@@ -4,8 +4,9 @@ and dispatches.
 Each job is a module of mingpt/jobs/ with get_config() -> CfgNode and main(config), imported
 only when it runs; `mingpt <job> --help` lists every key with its default, and the recipes
 (jobs/recipes.py) for a job whose config has a `recipe` key (the training jobs). A recipe is
-applied to the job's defaults before the command line's own overrides, which win. A user's
-mistake ends in one line on stderr and exit status 1 (`--debug` shows the traceback instead).
+applied to the job's defaults before the command line's own overrides, which win, and then every
+value is checked. A user's mistake ends in one line on stderr and exit status 2 for the
+configuration, 1 for anything else (`--debug` shows the traceback instead).
 """
 from __future__ import annotations
 

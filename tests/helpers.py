@@ -1,4 +1,5 @@
-"""Helpers the tests share: tiny models and data, quick trainer settings, and reading runs."""
+"""Helpers the tests share: tiny models and data, quick trainer settings, reading runs, and numeric
+tolerances in ulps at the magnitude compared (assert_close_to; MINGPT_SHOW_ULPS=FILE notes each)."""
 from __future__ import annotations
 
 import json
@@ -7,17 +8,18 @@ import os
 import signal
 import subprocess
 import time
+import traceback
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 
-from mingpt.training import checkpoint
 from mingpt.data import TokenStream
 from mingpt.model import GPT
-from mingpt.training.run_folder import RunFolder
 from mingpt.trainer import Trainer
+from mingpt.training import checkpoint
+from mingpt.training.run_folder import RunFolder
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Numeric tolerances, in units in the last place (ulps) of the dtype compared, at the magnitude
@@ -82,11 +84,10 @@ def assert_close_to(reference, got, ulps: float = ULPS_OP, dtype: torch.dtype | 
     """Assert that got is within `ulps` ulps of reference (ulps_apart): a tolerance that follows
     from the precision and the size of the numbers, not from the machine a test was written on."""
     apart = ulps_apart(reference, got, dtype)
-    if os.environ.get("MINGPT_SHOW_ULPS"):
-        import traceback
+    if os.environ.get("MINGPT_SHOW_ULPS"):  # a file to note every comparison in: how close a CPU comes
         frame = traceback.extract_stack()[-2]
         with open(os.environ["MINGPT_SHOW_ULPS"], "a") as f:
-            f.write(f"{apart:.2f} / {ulps} at {frame.filename.split('/')[-1]}:{frame.lineno}\n")
+            f.write(f"{apart:.2f} of {ulps} ulps at {Path(frame.filename).name}:{frame.lineno}\n")
     assert apart <= ulps, f"{msg} {apart:.1f} ulps apart, allowed {ulps}".strip()
 
 

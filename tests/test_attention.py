@@ -9,10 +9,10 @@ import torch
 from torch.nn import functional as F
 
 from helpers import ULPS_FORWARD, ULPS_OP, assert_close_to, ulps_apart
-from mingpt.nn.cache import KVCache
-from mingpt.nn import layers
-from mingpt.nn.kernels.banded import _flex_banded, band_mask, banded_attention, banded_reference
 from mingpt.model import GPT
+from mingpt.nn import layers
+from mingpt.nn.cache import KVCache
+from mingpt.nn.kernels.banded import _flex_banded, band_mask, banded_attention, banded_reference
 
 
 def loop_reference(q, k, v, window, scale=None):

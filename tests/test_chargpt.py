@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from mingpt.model import GPT
 from mingpt.jobs import chargpt
+from mingpt.model import GPT
 
 
 @pytest.mark.slow

@@ -13,11 +13,11 @@ import torch
 
 from helpers import (final_tensors, latest_iteration, pattern_stream, quick_config, rows_without_timing,
                      start_and_kill, tiny_gpt)
+from mingpt.model import GPT
+from mingpt.trainer import Trainer
 from mingpt.training import checkpoint
 from mingpt.training.checkpoint import CheckpointError
-from mingpt.model import GPT
 from mingpt.training.run_folder import RunFolder
-from mingpt.trainer import Trainer
 from mingpt.utils import CfgNode
 
 # a small chargpt with dropout on, so that resuming must restore the RNG as well as the data order

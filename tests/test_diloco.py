@@ -21,8 +21,8 @@ import torch
 from helpers import ULPS_OP, latest_iteration, pattern_stream, quick_config, tiny_gpt
 from mingpt import cli, distributed
 from mingpt.distributed import diloco
-from mingpt.training.run_folder import RunFolder
 from mingpt.trainer import Trainer
+from mingpt.training.run_folder import RunFolder
 from mingpt.utils import ConfigError
 
 torchft = pytest.importorskip("torchft", reason="DiLoCo needs torchft (pip install \"mingpt[diloco]\")")

@@ -14,13 +14,13 @@ import torch
 
 from helpers import ULPS_FORWARD, ULPS_OP, assert_close_to, tiny_gpt
 from mingpt import cli, utils
-from mingpt.eval import choice, hellaswag
 from mingpt.bpe import BPETokenizer, find_vocab_files
 from mingpt.data import TokenStream, load_prepared
+from mingpt.eval import choice, hellaswag
 from mingpt.formats.pretrained import load_with_tokenizer
 from mingpt.model import GPT
-from mingpt.training.run_folder import RunFolder
 from mingpt.trainer import Trainer
+from mingpt.training.run_folder import RunFolder
 
 # pieces of invented items, with what the harness's preprocessing acts on: WikiHow's [title] and
 # [step] marks, an empty ctx_b, a lower-case ctx_b (capitalised), non-ASCII text (so a length in

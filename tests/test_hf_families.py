@@ -9,12 +9,12 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import ULPS_FORWARD, tiny_gpt, ulps_apart
-from mingpt.data import tokenizers
-from mingpt.formats import pretrained
 from mingpt.bpe import BPETokenizer
 from mingpt.cli import run_job
-from mingpt.model import GPT
+from mingpt.data import tokenizers
+from mingpt.formats import pretrained
 from mingpt.jobs.pipeline import build_model, train_config
+from mingpt.model import GPT
 
 transformers = pytest.importorskip("transformers")
 

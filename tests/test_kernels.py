@@ -9,8 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from helpers import ULPS_OP, assert_close_to, pattern_stream, quick_config, tiny_gpt, ulps_of_sums
-from mingpt.nn.kernels import CPUKernels, CPULinear, decoding, kernels_of, use_cpu_kernels, use_plain_kernels
-from mingpt.nn.kernels import linear
+from mingpt.nn.kernels import CPUKernels, CPULinear, decoding, kernels_of, linear, use_cpu_kernels, use_plain_kernels
 from mingpt.trainer import Trainer
 
 DEFAULTS = CPUKernels()

@@ -8,10 +8,10 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import assert_close_to, pattern_stream, quick_config, tiny_gpt
+from mingpt.trainer import Trainer
 from mingpt.training import checkpoint
 from mingpt.training.run_folder import RunFolder
 from mingpt.training.runtime import resolve_dtype
-from mingpt.trainer import Trainer
 
 NO_CUDA = "needs a CUDA GPU (this machine has none): the CUDA mixed-precision path is untested here"
 

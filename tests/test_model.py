@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from helpers import ULPS_FORWARD, ULPS_OP, assert_close_to, tiny_gpt, ulps_apart
-from mingpt.nn.generate import choose_next
 from mingpt.model import GPT
+from mingpt.nn.generate import choose_next
 from mingpt.utils import CfgNode
 
 

@@ -16,11 +16,11 @@ import torch.nn as nn
 
 from helpers import (BATCH, STEPS, ULPS_FORWARD, ULPS_OP, ULPS_TRAINING, assert_close_to, final_tensors, pattern_stream,
                      quick_config, rows_without_timing, states_ulps_apart, tiny_gpt, tiny_run)
-from mingpt.training import optim, schedule
 from mingpt.model import GPT
+from mingpt.trainer import Trainer
+from mingpt.training import optim, schedule
 from mingpt.training.muon import Muon, ns_dtype, orthogonalize
 from mingpt.training.optim import OptimizerSet
-from mingpt.trainer import Trainer
 
 
 def muon_config(**overrides):

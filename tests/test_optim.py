@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from helpers import pattern_stream, quick_config, tiny_gpt
-from mingpt.training import optim, schedule
 from mingpt.model import GPT
-from mingpt.training.optim import OptimizerSet
 from mingpt.trainer import Trainer
+from mingpt.training import optim, schedule
+from mingpt.training.optim import OptimizerSet
 
 
 class TwoOptimizers(GPT):

@@ -6,8 +6,8 @@ from torch.nn import functional as F
 
 from helpers import MODEL_OPTIONS as OPTIONS  # every option at once, with a local layer
 from helpers import ULPS_FORWARD, ULPS_OP, assert_close_to, ulps_apart
-from mingpt.nn import layers
 from mingpt.model import GPT
+from mingpt.nn import layers
 
 
 def gpt(block_size=24, seed=0, **options):

@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from mingpt.jobs import recipes
 from mingpt.cli import JOBS, run_job, take_recipe
+from mingpt.jobs import recipes
 from mingpt.jobs.recipes import Recipe
 from mingpt.utils import cpu_multiplies_bf16
 

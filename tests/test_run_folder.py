@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from helpers import Bigram, pattern_stream, quick_config, tiny_gpt
-from mingpt.training.checkpoint import CheckpointError
 from mingpt.model import GPT
-from mingpt.training.run_folder import RunFolder
 from mingpt.trainer import Trainer
+from mingpt.training.checkpoint import CheckpointError
+from mingpt.training.run_folder import RunFolder
 from mingpt.utils import atomic_path, atomic_write
 
 

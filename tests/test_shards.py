@@ -14,9 +14,8 @@ import pytest
 import torch
 
 from helpers import PROJECT_ROOT
-from mingpt.data import shards
 from mingpt.bpe import BPETokenizer
-from mingpt.data import TokenShards, TokenStream, load_prepared
+from mingpt.data import TokenShards, TokenStream, load_prepared, shards
 
 EOT = 50256
 # documents of very different lengths (some run over several shards), one empty, non-ASCII text,

@@ -18,10 +18,10 @@ import sys
 
 import torch
 
-from mingpt.training import runtime
 from mingpt.jobs.pipeline import system_config
 from mingpt.model import GPT
 from mingpt.trainer import Trainer
+from mingpt.training import runtime
 from mingpt.utils import CfgNode, setup_logging
 
 log = logging.getLogger(__name__)

@@ -33,10 +33,10 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from mingpt.nn import kernels
 from mingpt.data import TokenStream
-from mingpt.nn.kernels import CPUKernels
 from mingpt.model import GPT
+from mingpt.nn import kernels
+from mingpt.nn.kernels import CPUKernels
 from mingpt.utils import CfgNode, set_seed, setup_logging, write_json
 
 log = logging.getLogger(__name__)

@@ -15,14 +15,14 @@ import sys
 
 import torch
 
-from mingpt.distributed import diloco
-from mingpt.training import runtime
-from mingpt.data.char import CharTokenizer
 from mingpt.data import TokenStream, check_val_fraction, load_corpus
+from mingpt.data.char import CharTokenizer
+from mingpt.distributed import diloco
+from mingpt.jobs.pipeline import sample_config, system_config, train_and_sample
 from mingpt.model import GPT
 from mingpt.model import describe_presets as help_notes  # noqa: F401  (for --help)
-from mingpt.jobs.pipeline import sample_config, system_config, train_and_sample
 from mingpt.trainer import Trainer
+from mingpt.training import runtime
 from mingpt.utils import CfgNode, Setting, setup_logging
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from mingpt.distributed import diloco
 from mingpt.cli import JOBS, take_recipe
+from mingpt.distributed import diloco
 from mingpt.training.run_folder import RunFolder
 from mingpt.utils import CfgNode, ConfigError, Setting, setup_logging
 

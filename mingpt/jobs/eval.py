@@ -20,14 +20,12 @@ from pathlib import Path
 
 import torch
 
-from mingpt.eval import loss as eval_loss
-from mingpt.eval import hellaswag
-from mingpt.training import runtime
-from mingpt.data import tokenizers
-from mingpt.data import load_prepared
-from mingpt.model import GPT
+from mingpt.data import load_prepared, tokenizers
+from mingpt.eval import hellaswag, loss as eval_loss
 from mingpt.formats import pretrained
 from mingpt.jobs.pipeline import check_same_tokenizer, encoded_task, system_config
+from mingpt.model import GPT
+from mingpt.training import runtime
 from mingpt.utils import CfgNode, Setting, setup_logging, write_json
 
 log = logging.getLogger(__name__)

@@ -19,15 +19,14 @@ from typing import Any, Callable
 import torch
 
 from mingpt import distributed
-from mingpt.eval import choice
+from mingpt.data import (TokenStream, check_val_fraction, corpus_path, load_prepared, prepare_corpus, read_pieces,
+                         shards, tokenizers)
 from mingpt.distributed import diloco
-from mingpt.eval import hellaswag
-from mingpt.data import shards, tokenizers
+from mingpt.eval import choice, hellaswag
 from mingpt.formats import pretrained
-from mingpt.data import TokenStream, check_val_fraction, corpus_path, load_prepared, prepare_corpus, read_pieces
 from mingpt.model import GPT
-from mingpt.training.run_folder import RunFolder
 from mingpt.trainer import Trainer
+from mingpt.training.run_folder import RunFolder
 from mingpt.utils import CfgNode, Setting
 
 log = logging.getLogger(__name__)
@@ -52,7 +51,7 @@ def system_config(work_dir: str | None, trains: bool = True, **more: Any) -> Cfg
 
 def sample_config(max_new_tokens: int, top_k: int | None) -> CfgNode:
     """The `sample` section of the jobs that train: the sample printed at the end of a run."""
-    return CfgNode(prompt="", max_new_tokens=Setting(max_new_tokens, min=0), temperature=Setting(1.0, above=0),
+    return CfgNode(prompt="", max_new_tokens=Setting(max_new_tokens, min=0), temperature=Setting(1.0, min=0),
                    top_k=Setting(top_k, kind=int, min=1))
 
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import sys
 
 from mingpt.data import tokenizers
-from mingpt.training import runtime
-from mingpt.jobs.pipeline import prepare_data, prepare_hf_data
 from mingpt.data.shards import is_hf_input
+from mingpt.jobs.pipeline import prepare_data, prepare_hf_data
+from mingpt.training import runtime
 from mingpt.utils import CfgNode, Setting, setup_logging
 
 

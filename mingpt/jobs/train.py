@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import sys
 
-from mingpt.training import runtime
-from mingpt.model import describe_presets as help_notes  # noqa: F401  (for --help)
 from mingpt.jobs.pipeline import train_config, train_on_prepared
+from mingpt.model import describe_presets as help_notes  # noqa: F401  (for --help)
+from mingpt.training import runtime
 from mingpt.utils import CfgNode, setup_logging
 
 

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 from mingpt.data import tokenizers
-from mingpt.training import runtime
-from mingpt.model import describe_presets as help_notes  # noqa: F401  (for --help)
 from mingpt.jobs.pipeline import prepare_data, train_config, train_on_prepared
+from mingpt.model import describe_presets as help_notes  # noqa: F401  (for --help)
+from mingpt.training import runtime
 from mingpt.utils import CfgNode, Setting, setup_logging
 
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from mingpt import distributed
-from mingpt.nn import kernels
 from mingpt.distributed import Place
+from mingpt.nn import kernels
 from mingpt.utils import cpu_multiplies_bf16, set_seed
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # trainer.dtype -> autocast
