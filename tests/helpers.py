@@ -29,6 +29,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ULPS_OP = 16  # one kernel against another doing the same sums (a matmul, attention, a norm), of up to 64 terms
 ULPS_FORWARD = 64  # a whole forward pass (a few layers) against another implementation of it
 ULPS_TRAINING = 64  # the weights after a few optimizer steps, at the magnitude of all of them
+# DiLoCo's packings of the outer gradient: one step of their rounding, relative to the largest value packed
+PACKING_PRECISION = {"fp32": torch.finfo(torch.float32).eps, "bf16": torch.finfo(torch.bfloat16).eps, "int8": 1 / 127}
 SHAKESPEARE = PROJECT_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 STEPS, BATCH = 6, 4  # the distributed tests: k optimizer steps; b examples per process (1 process: 2b)
 

@@ -18,7 +18,7 @@ from typing import Iterator
 import pytest
 import torch
 
-from helpers import ULPS_OP, latest_iteration, pattern_stream, quick_config, tiny_gpt
+from helpers import PACKING_PRECISION, ULPS_OP, latest_iteration, pattern_stream, quick_config, tiny_gpt
 from mingpt import cli, distributed
 from mingpt.distributed import diloco
 from mingpt.trainer import Trainer
@@ -109,10 +109,6 @@ def inner_steps_alone(batches) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
-# each packing's precision: one step of its rounding, relative to the largest value it packs
-PRECISION = {"fp32": torch.finfo(torch.float32).eps, "bf16": torch.finfo(torch.bfloat16).eps, "int8": 1 / 127}
-
-
 @pytest.mark.parametrize("packing", ["fp32", "bf16", "int8"])
 def test_one_round_is_an_outer_nesterov_step_on_the_mean_weight_change(lighthouse, packing):
     """After one round: the outer gradient is the mean over workers of (global - local); Nesterov
@@ -131,7 +127,7 @@ def test_one_round_is_an_outer_nesterov_step_on_the_mean_weight_change(lighthous
     for name, w0 in start.items():
         outer_gradient = sum(w0 - w[name] for w in local) / 2
         expected = w0 - lr * (1 + momentum) * outer_gradient
-        allowed = lr * (1 + momentum) * 2 * PRECISION[packing] * largest \
+        allowed = lr * (1 + momentum) * 2 * PACKING_PRECISION[packing] * largest \
             + ULPS_OP * torch.finfo(torch.float32).eps * w0.abs().max()
         for r in results:
             assert (r["weights"][name] - expected).abs().max() <= allowed, name

@@ -5,10 +5,9 @@ within one step of the packing's rounding."""
 import pytest
 import torch
 
-from helpers import ULPS_OP
+from helpers import PACKING_PRECISION, ULPS_OP
 from mingpt.distributed.diloco.packing import PackedExchange, combine, pack, unpack
 
-PRECISION = {"bf16": torch.finfo(torch.bfloat16).eps, "int8": 1 / 127}  # one rounding step, relative to the largest value
 
 
 @pytest.mark.parametrize("packing, bytes_per_value", [("bf16", 2), ("int8", 1)])
@@ -16,7 +15,7 @@ def test_packing_round_trips_within_one_step_of_its_rounding(packing, bytes_per_
     x = torch.randn(1001) * 3e-3
     payload = pack(x, packing)
     assert payload.dtype == torch.uint8 and payload.numel() == 1001 * bytes_per_value + (4 if packing == "int8" else 0)
-    assert (unpack(payload, packing) - x).abs().max() <= PRECISION[packing] * x.abs().max()
+    assert (unpack(payload, packing) - x).abs().max() <= PACKING_PRECISION[packing] * x.abs().max()
 
 
 def test_int8_error_feedback_keeps_the_rounding_from_building_up():
@@ -31,7 +30,7 @@ def test_int8_error_feedback_keeps_the_rounding_from_building_up():
         arrived += unpack(pack(g, "int8", residual), "int8")
     sums_rounding = 50 * ULPS_OP * torch.finfo(torch.float32).eps * sent.abs().max()
     assert ((sent - arrived) - residual).abs().max() <= sums_rounding
-    assert (sent - arrived).abs().max() <= PRECISION["int8"] * g.abs().max()  # one step, not fifty
+    assert (sent - arrived).abs().max() <= PACKING_PRECISION["int8"] * g.abs().max()  # one step, not fifty
 
 
 def test_contributions_combine_in_rank_order_into_their_mean_or_sum():
@@ -53,7 +52,7 @@ def test_a_packed_exchange_gives_every_worker_the_same_mean(packing, n, numel):
     assert all(torch.equal(r, results[0]) for r in results)  # bit for bit
     mean = sum(grads) / n
     largest = max(g.abs().max() for g in grads)
-    assert (results[0] - mean).abs().max() <= 2 * PRECISION[packing] * largest  # packed twice
+    assert (results[0] - mean).abs().max() <= 2 * PACKING_PRECISION[packing] * largest  # packed twice
     assert all(len(parts) == n and len({p.numel() for p in parts}) == 1 for parts in outgoing)
 
 

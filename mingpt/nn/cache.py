@@ -21,6 +21,11 @@ from typing import Sequence
 import torch
 
 
+def layer_windows(windows: Sequence[int | None] | None, n_layer: int, max_len: int) -> list[int | None]:
+    """Each layer's window (None: global) as a cache of max_len positions sees it: at most max_len."""
+    return [min(w, max_len) if w else None for w in (windows or [None] * n_layer)]
+
+
 class KVCache:
     """Keys and values of every layer, growing as tokens are fed.
 
@@ -33,7 +38,7 @@ class KVCache:
     def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_dim: int,
                  device: torch.device, dtype: torch.dtype, windows: Sequence[int | None] | None = None) -> None:
         self.max_len = max_len
-        self.windows = [min(w, max_len) if w else None for w in (windows or [None] * n_layer)]
+        self.windows = layer_windows(windows, n_layer, max_len)
         shapes = [(batch_size, n_head, w or max_len, head_dim) for w in self.windows]
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for shape in shapes]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for shape in shapes]
@@ -96,7 +101,7 @@ class StaticKVCache(KVCache):
     def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_dim: int,
                  device: torch.device, dtype: torch.dtype, windows: Sequence[int | None] | None = None) -> None:
         super().__init__(n_layer, batch_size, n_head, max_len, head_dim, device, dtype)
-        self.mask_windows = [min(w, max_len) if w else None for w in (windows or [None] * n_layer)]
+        self.mask_windows = layer_windows(windows, n_layer, max_len)
         self.position = torch.zeros(1, dtype=torch.long, device=device)  # positions filled, on the device
         self.slots = torch.arange(max_len, device=device)
         self.masks: dict[int | None, torch.Tensor] = {}  # this step's mask of each window

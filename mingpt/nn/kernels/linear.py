@@ -131,11 +131,21 @@ def training(model: nn.Module, device: torch.device) -> Iterator[None]:
     """Within this block a model on the CPU trains with the fast kernels: those of use_cpu_kernels
     if it has them, else the default CPUKernels, taken off again when the block ends (the model
     comes back with its own classes). Elsewhere, or with kernels of its own, nothing changes."""
-    plain = device.type == "cpu" and kernels_of(model) is None
+    if device.type != "cpu":
+        yield
+        return
+    with _kernels_for_the_block(model):
+        yield
+
+
+@contextmanager
+def _kernels_for_the_block(model: nn.Module) -> Iterator[CPUKernels]:
+    """The model's own kernels, or the default CPUKernels until the block ends; yields them."""
+    plain = kernels_of(model) is None
     if plain:
         use_cpu_kernels(model)
     try:
-        yield
+        yield kernels_of(model) or CPUKernels()  # (a model without Linears has none)
     finally:
         if plain:
             use_plain_kernels(model)
@@ -150,24 +160,20 @@ def decoding(model: nn.Module, steps: int) -> Iterator[None]:
     the block ends; a weight changed meanwhile is noticed (its version) and skips its copy.
     Nothing is copied for fewer than `slice_min_steps` steps, with sliced_decoding off, or when
     the copies would pass `decode_max_copied` weights."""
-    plain = kernels_of(model) is None
-    if plain:
-        use_cpu_kernels(model)
-    k = kernels_of(model) or CPUKernels()
-    layers = [m for m in model.modules() if type(m) is CPULinear and m.weight.is_cpu
-              and m.weight.dtype == torch.float32 and k.decode_min_weights <= m.weight.numel() <= k.slice_max_weights]
-    if not k.sliced_decoding or steps < k.slice_min_steps or sum(m.weight.numel() for m in layers) > k.decode_max_copied:
-        layers = []
-    with torch.no_grad():
-        for m in layers:
-            m.sliced_weight = (m.weight._version, slice_weight(m.weight))
-    try:
-        yield
-    finally:
-        for m in layers:
-            m.sliced_weight = None
-        if plain:
-            use_plain_kernels(model)
+    with _kernels_for_the_block(model) as k:
+        layers = [m for m in model.modules() if type(m) is CPULinear and m.weight.is_cpu and m.weight.dtype ==
+                  torch.float32 and k.decode_min_weights <= m.weight.numel() <= k.slice_max_weights]
+        if not k.sliced_decoding or steps < k.slice_min_steps or \
+                sum(m.weight.numel() for m in layers) > k.decode_max_copied:
+            layers = []
+        try:
+            with torch.no_grad():
+                for m in layers:
+                    m.sliced_weight = (m.weight._version, slice_weight(m.weight))
+            yield
+        finally:
+            for m in layers:
+                m.sliced_weight = None
 
 
 class OneDNNLinearFunction(torch.autograd.Function):
